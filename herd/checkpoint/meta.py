@@ -1,0 +1,188 @@
+"""Meta's format: `params.json` + `consolidated.NN.pth`, one file per model-parallel rank.
+
+Meta's reference model (fairscale layers) splits each tensor across ranks: column-parallel
+layers (wq, wk, wv, w1, w3, output) and the vocab-parallel embedding along dim 0, row-parallel
+layers (wo, w2) along dim 1; norms are replicated. Merging concatenates along the same dims.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from herd.checkpoint.common import atomic_file, check_state_dict, tensors_tied
+from herd.errors import CheckpointError
+from herd.model import PRESETS, ModelArgs, RopeScaling
+
+PARAMS = "params.json"
+_DIM1 = ("attention.wo.weight", "feed_forward.w2.weight")
+_REPLICATED = ("norm.weight",)  # matches attention_norm / ffn_norm / norm by suffix
+# Llama 3.2 1B/3B: params.json says only use_scaled_rope; the published HF configs use factor 32,
+# Meta's reference hard-codes 8 (https://github.com/meta-llama/llama-models/issues/241).
+_FACTOR_32_SHAPES = {(2048, 16), (3072, 28)}
+
+
+def split_dim(name: str) -> int | None:
+    """Dimension along which Meta shards `name` across model-parallel ranks (None: replicated)."""
+    if name.endswith(_REPLICATED):
+        return None
+    return 1 if name.endswith(_DIM1) else 0
+
+
+def shard_files(path: Path) -> list[Path]:
+    return sorted(path.glob("consolidated.*.pth"))
+
+
+def is_meta_dir(path: Path) -> bool:
+    return path.is_dir() and (path / PARAMS).is_file() and bool(shard_files(path))
+
+
+def args_from_params(params: dict[str, Any], source: Path) -> ModelArgs:
+    for key in ("dim", "n_layers", "n_heads", "vocab_size"):
+        if key not in params:
+            raise CheckpointError(f"{source}: field {key!r} is missing")
+    scaling = None
+    if params.get("use_scaled_rope"):
+        default = 32.0 if (params["dim"], params["n_layers"]) in _FACTOR_32_SHAPES else 8.0
+        scaling = RopeScaling(factor=float(params.get("rope_scaling_factor", default)))
+    try:
+        return ModelArgs(
+            dim=params["dim"],
+            n_layers=params["n_layers"],
+            n_heads=params["n_heads"],
+            n_kv_heads=params.get("n_kv_heads"),
+            vocab_size=params["vocab_size"],
+            multiple_of=params.get("multiple_of", 256),
+            ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
+            norm_eps=params.get("norm_eps", 1e-5),
+            rope_theta=params.get("rope_theta", 500000.0),
+            rope_scaling=scaling,
+            max_seq_len=params.get("max_seq_len", 131072 if scaling else 8192),
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def params_from_args(args: ModelArgs) -> dict[str, Any]:
+    """params.json that Meta's reference loads; extra keys (which it ignores) keep what it cannot express."""
+    multiple_of, multiplier = _ffn_params(args)
+    params: dict[str, Any] = {
+        "dim": args.dim,
+        "n_layers": args.n_layers,
+        "n_heads": args.n_heads,
+        "n_kv_heads": args.n_kv_heads,
+        "vocab_size": args.vocab_size,
+        "multiple_of": multiple_of,
+        "ffn_dim_multiplier": multiplier,
+        "norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "use_scaled_rope": args.rope_scaling is not None,
+        "max_seq_len": args.max_seq_len,
+    }
+    if args.rope_scaling is not None:
+        s = args.rope_scaling
+        if (s.low_freq_factor, s.high_freq_factor, s.original_max_seq_len) != (1.0, 4.0, 8192):
+            raise CheckpointError(f"Meta format cannot express rope scaling {s}; save as HF instead")
+        params["rope_scaling_factor"] = s.factor
+    if args.head_dim * args.n_heads != args.dim:
+        raise CheckpointError(
+            f"Meta format needs head_dim == dim / n_heads; got {args.head_dim} != {args.dim} / {args.n_heads}"
+        )
+    if args.tie_embeddings:
+        params["tie_embeddings"] = True
+    return params
+
+
+def _ffn_params(args: ModelArgs) -> tuple[int, float | None]:
+    """(multiple_of, ffn_dim_multiplier) that make Meta's formula give args.ffn_hidden_dim.
+
+    Args read from HF configs only know the width: try their own values, then those of presets
+    of the same dim (so Meta's own models get back Meta's own params.json), else construct a pair.
+    """
+    for c in [args, *(p for p in PRESETS.values() if p.dim == args.dim)]:
+        if args.replace(multiple_of=c.multiple_of, ffn_dim_multiplier=c.ffn_dim_multiplier).ffn_hidden_dim == (
+            args.ffn_hidden_dim
+        ):
+            return c.multiple_of, c.ffn_dim_multiplier
+    # multiple_of = width, and a multiplier just under width / int(8 dim / 3), which rounds up to it.
+    return args.ffn_hidden_dim, args.ffn_hidden_dim / int(8 * args.dim / 3) * (1 - 1e-9)
+
+
+def read_meta(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]:
+    """(args, herd state dict, params.json) from a Meta checkpoint directory, shards merged."""
+    path = Path(path)
+    try:
+        params = json.loads((path / PARAMS).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path / PARAMS}: not found (a Meta checkpoint directory needs params.json)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / PARAMS}: invalid JSON ({e})") from None
+    args = args_from_params(params, path / PARAMS)
+    files = shard_files(path)
+    if not files:
+        raise CheckpointError(f"{path}: no consolidated.*.pth files")
+    expected = [path / f"consolidated.{i:02d}.pth" for i in range(len(files))]
+    if files != expected:
+        missing = sorted(set(expected) - set(files))
+        raise CheckpointError(f"{path}: shard files are not consecutive; missing {missing[0].name if missing else '?'}")
+    shards = [_load_pth(f) for f in files]
+    for f, shard in zip(files[1:], shards[1:], strict=True):
+        if shard.keys() != shards[0].keys():
+            diff = sorted(shard.keys() ^ shards[0].keys())
+            raise CheckpointError(f"{f}: tensor names differ from {files[0].name} (e.g. {diff[0]!r})")
+    sd: dict[str, torch.Tensor] = {}
+    for name in shards[0]:
+        if name.endswith("rope.freqs"):
+            continue  # Llama 2 era buffer, derived from params
+        dim = split_dim(name)
+        parts = [s[name] for s in shards]
+        sd[name] = parts[0] if dim is None or len(parts) == 1 else torch.cat(parts, dim=dim)
+    tied = params.get("tie_embeddings", False) or tensors_tied(sd)
+    if tied:
+        args.tie_embeddings = True
+        sd.setdefault("output.weight", sd.get("tok_embeddings.weight"))
+    check_state_dict(args, sd, path)
+    return args, sd, params
+
+
+def _load_pth(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{file}: cannot load ({str(e).splitlines()[0]}); the file may be truncated") from None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{file}: expected a dict of tensors, got {type(sd).__name__}")
+    return sd
+
+
+def write_meta(path: str | Path, args: ModelArgs, sd: dict[str, torch.Tensor], *, num_shards: int = 1) -> None:
+    """Write params.json and `num_shards` consolidated files into `path`, split the way Meta splits them."""
+    path = Path(path)
+    check_state_dict(args, sd, "state dict to save")
+    if args.tie_embeddings and not tensors_tied(sd):
+        raise CheckpointError("state dict to save: tie_embeddings is set but output.weight differs from the embedding")
+    params = params_from_args(args)
+    for name, t in sd.items():
+        dim = split_dim(name)
+        if dim is not None and t.shape[dim] % num_shards:
+            raise CheckpointError(
+                f"cannot split {name!r} of shape {list(t.shape)} into {num_shards} shards along dim {dim}"
+            )
+    if args.n_kv_heads % num_shards:
+        raise CheckpointError(f"cannot split {args.n_kv_heads} kv heads into {num_shards} model-parallel shards")
+    for rank in range(num_shards):
+        shard = {}
+        for name, t in sd.items():
+            dim = split_dim(name)
+            # A chunk is a view: clone it, or torch.save would write the whole underlying storage.
+            # Tied models keep output.weight (Meta's reference always has an output layer).
+            shard[name] = t if dim is None or num_shards == 1 else t.chunk(num_shards, dim=dim)[rank].clone()
+        with atomic_file(path / f"consolidated.{rank:02d}.pth") as f:
+            torch.save(shard, f)
+    with atomic_file(path / PARAMS, "w") as f:
+        json.dump(params, f, indent=2)

@@ -1,0 +1,24 @@
+"""One exception type per package. The CLI prints any `HerdError` as one line, without a traceback.
+
+Messages name the file, field or value at fault and, where it helps, what to do about it.
+"""
+
+
+class HerdError(Exception):
+    """Base of every error herd raises on purpose (bad input, missing file, unsupported format)."""
+
+
+class ModelError(HerdError):
+    """Invalid model arguments or an unknown preset."""
+
+
+class CheckpointError(HerdError):
+    """A checkpoint that is missing, truncated, of an unknown format, or does not match the model."""
+
+
+class TokenizerError(HerdError):
+    """A tokenizer file or chat template that cannot be read or used."""
+
+
+class InferenceError(HerdError):
+    """Invalid generation settings or prompts."""
