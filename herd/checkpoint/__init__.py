@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,26 @@ def read_checkpoint(path: str | Path, *, dtype: torch.dtype | None = None) -> Ch
     return Checkpoint(args=args, state_dict=sd, format=fmt, path=path, metadata=metadata)
 
 
+def read_args(path: str | Path) -> ModelArgs:
+    """Model arguments from a checkpoint's metadata alone (no weights are read)."""
+    import json
+
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "gguf":
+        from herd.checkpoint.gguf import read_gguf_args
+
+        return read_gguf_args(path)
+    name = hf.CONFIG if fmt == "hf" else meta.PARAMS
+    try:
+        raw = json.loads((path / name).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / name}: invalid JSON ({e})") from None
+    if fmt == "hf":
+        return hf.args_from_hf_config(raw, path / name)
+    return meta.args_from_params(raw, path / name)
+
+
 def cast_state_dict(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Cast every tensor, keeping tensors that were shared (tied embeddings) shared."""
     cast: dict[int, torch.Tensor] = {}
@@ -90,8 +111,12 @@ def write_checkpoint(
     *,
     num_shards: int = 1,
     max_shard_bytes: int = hf.DEFAULT_MAX_SHARD_BYTES,
+    assets: Callable[[Path], None] | None = None,
 ) -> None:
-    """Write `ckpt` as `to` ("hf" or "meta") into the (new or empty) directory `path`, atomically."""
+    """Write `ckpt` as `to` ("hf" or "meta") into the (new or empty) directory `path`, atomically.
+
+    `assets(tmp_dir)` may add files (tokenizer...) before the directory is committed.
+    """
     from herd.checkpoint.common import atomic_dir
 
     if to not in ("hf", "meta"):
@@ -101,6 +126,8 @@ def write_checkpoint(
             hf.write_hf(tmp, ckpt.args, ckpt.state_dict, extra_config=ckpt.metadata, max_shard_bytes=max_shard_bytes)
         else:
             meta.write_meta(tmp, ckpt.args, ckpt.state_dict, num_shards=num_shards)
+        if assets is not None:
+            assets(tmp)
 
 
 __all__ = [
@@ -109,6 +136,7 @@ __all__ = [
     "cast_state_dict",
     "detect_format",
     "load_model",
+    "read_args",
     "read_checkpoint",
     "write_checkpoint",
 ]

@@ -50,11 +50,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[object]:
     """Write to a temp file beside `path`, fsync, then rename over it: readers never see half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -79,6 +86,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise CheckpointError(f"{path}: destination exists and is not an empty directory; choose a new path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
         for child in tmp.iterdir():

@@ -224,9 +224,13 @@ def read_hf(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in {INDEX} but missing")
         try:
-            hf.update(load_file(file))
+            tensors = load_file(file)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{file}: cannot read safetensors ({e}); the file may be truncated") from None
+        # safetensors aligns tensor data to 8 bytes only; oneDNN/MKL pick other kernels (another summation
+        # order, so other low bits) for unaligned operands. Copying to 64-byte-aligned memory makes a converted
+        # model compute bit-identically to the original.
+        hf.update({k: t if t.data_ptr() % 64 == 0 else t.clone() for k, t in tensors.items()})
     sd = from_hf_state_dict(args, hf, path)
     if not args.tie_embeddings and "output.weight" not in sd:
         raise CheckpointError(f"{path}: missing tensor 'lm_head.weight' and tie_word_embeddings is false")

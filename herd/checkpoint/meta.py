@@ -22,9 +22,10 @@ from herd.model import PRESETS, ModelArgs, RopeScaling
 PARAMS = "params.json"
 _DIM1 = ("attention.wo.weight", "feed_forward.w2.weight")
 _REPLICATED = ("norm.weight",)  # matches attention_norm / ffn_norm / norm by suffix
-# Llama 3.2 1B/3B: params.json says only use_scaled_rope; the published HF configs use factor 32,
-# Meta's reference hard-codes 8 (https://github.com/meta-llama/llama-models/issues/241).
-_FACTOR_32_SHAPES = {(2048, 16), (3072, 28)}
+# Llama 3.2 1B/3B (dim, n_layers): params.json says only use_scaled_rope; the published HF configs
+# use factor 32, Meta's reference hard-codes 8 (https://github.com/meta-llama/llama-models/issues/241).
+# These two also tie the output projection to the embedding.
+_LLAMA32_SHAPES = {(2048, 16), (3072, 28)}
 
 
 def split_dim(name: str) -> int | None:
@@ -47,8 +48,9 @@ def args_from_params(params: dict[str, Any], source: Path) -> ModelArgs:
         if key not in params:
             raise CheckpointError(f"{source}: field {key!r} is missing")
     scaling = None
+    llama32 = (params["dim"], params["n_layers"]) in _LLAMA32_SHAPES and params["vocab_size"] == 128256
     if params.get("use_scaled_rope"):
-        default = 32.0 if (params["dim"], params["n_layers"]) in _FACTOR_32_SHAPES else 8.0
+        default = 32.0 if llama32 else 8.0
         scaling = RopeScaling(factor=float(params.get("rope_scaling_factor", default)))
     try:
         return ModelArgs(
@@ -62,6 +64,7 @@ def args_from_params(params: dict[str, Any], source: Path) -> ModelArgs:
             norm_eps=params.get("norm_eps", 1e-5),
             rope_theta=params.get("rope_theta", 500000.0),
             rope_scaling=scaling,
+            tie_embeddings=params.get("tie_embeddings", llama32),
             max_seq_len=params.get("max_seq_len", 131072 if scaling else 8192),
         )
     except (TypeError, ValueError) as e:
@@ -142,10 +145,10 @@ def read_meta(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor], dic
         dim = split_dim(name)
         parts = [s[name] for s in shards]
         sd[name] = parts[0] if dim is None or len(parts) == 1 else torch.cat(parts, dim=dim)
-    tied = params.get("tie_embeddings", False) or tensors_tied(sd)
-    if tied:
-        args.tie_embeddings = True
-        sd.setdefault("output.weight", sd.get("tok_embeddings.weight"))
+    # The weights decide: a missing output, or one equal to the embedding, is tied.
+    args.tie_embeddings = tensors_tied(sd)
+    if args.tie_embeddings and "tok_embeddings.weight" in sd:
+        sd.setdefault("output.weight", sd["tok_embeddings.weight"])
     check_state_dict(args, sd, path)
     return args, sd, params
 

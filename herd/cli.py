@@ -1,0 +1,282 @@
+"""`herd <command>`: a thin layer that parses arguments and calls one function per command.
+
+Errors herd raises on purpose (`HerdError`) print as one line and exit 1; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from herd.errors import HerdError
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--model", "-m", default=None, help="embedded model name, HF/Meta directory or .gguf file")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+
+
+def _sampling_params(a: argparse.Namespace, **extra):
+    from herd.inference.sampling import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        repetition_penalty=a.repetition_penalty,
+        seed=a.seed,
+        stop=a.stop,
+        **extra,
+    )
+
+
+def _load(a: argparse.Namespace):
+    from herd.inference.loader import load_pretrained, parse_dtype
+
+    t0 = time.perf_counter()
+    loaded = load_pretrained(a.model, dtype=parse_dtype(a.dtype))
+    return loaded, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------
+# generate / chat
+
+
+def cmd_generate(a: argparse.Namespace) -> None:
+    from herd.inference.engine import Engine
+
+    loaded, _ = _load(a)
+    tok = loaded.tokenizer
+    if a.chat:
+        prompt = tok.encode_chat([{"role": "user", "content": a.prompt}])
+    else:
+        prompt = tok.encode(a.prompt, bos=tok.add_bos)
+    params = _sampling_params(a, logprobs=a.json)
+    engine = Engine(loaded.model, tok)
+    if a.json:
+        c = engine.generate([prompt], params)[0]
+        out = {"text": c.text, "tokens": c.tokens, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    stats = _Stats()
+    for event in engine.stream([prompt], params):
+        stats.tick()
+        print(event.text, end="", flush=True)
+    print()
+    print(stats.line(len(prompt)), file=sys.stderr)
+
+
+def cmd_chat(a: argparse.Namespace) -> None:
+    from herd.inference.engine import Engine
+
+    loaded, load_s = _load(a)
+    tok, engine = loaded.tokenizer, Engine(loaded.model, loaded.tokenizer)
+    interactive = sys.stdin.isatty()
+    print(
+        f"herd chat: {loaded.name} ({loaded.checkpoint.format}, loaded in {load_s:.1f}s). /reset clears, /exit quits."
+    )
+    system = [{"role": "system", "content": a.system}] if a.system else []
+    history = list(system)
+    while True:
+        try:
+            line = input("you> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive:
+            if not line:
+                break
+            line = line.rstrip("\n")
+            print(f"you> {line}")
+        if not line.strip():
+            continue
+        if line.strip() == "/exit":
+            break
+        if line.strip() == "/reset":
+            history = list(system)
+            print("(history cleared)")
+            continue
+        history.append({"role": "user", "content": line})
+        prompt = tok.encode_chat(history)
+        print("assistant> ", end="", flush=True)
+        stats = _Stats()
+        reply = None
+        for event in engine.stream([prompt], _sampling_params(a)):
+            stats.tick()
+            print(event.text, end="", flush=True)
+            reply = event.finished or reply
+        print()
+        print(stats.line(len(prompt)))
+        history.append({"role": "assistant", "content": reply.text if reply else ""})
+
+
+class _Stats:
+    """Time to first token (prefill) and decode speed, as llama.cpp and vLLM report them."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.last = self.start
+        self.n = 0
+
+    def tick(self) -> None:
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+        self.n += 1
+
+    def line(self, prompt_tokens: int) -> str:
+        if self.first is None:
+            return "(no tokens generated)"
+        prefill = self.first - self.start
+        decode = self.last - self.first
+        rate = (self.n - 1) / decode if self.n > 1 and decode > 0 else float("nan")
+        return (
+            f"({prompt_tokens} prompt tokens in {prefill * 1000:.0f} ms, "
+            f"{self.n} tokens generated at {rate:.1f} tokens/s)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# convert / model info
+
+
+def cmd_convert(a: argparse.Namespace) -> None:
+    from herd.checkpoint.convert import convert
+    from herd.inference.loader import parse_dtype, resolve_model_path
+
+    src = resolve_model_path(a.src)
+    t0 = time.perf_counter()
+    dtype = parse_dtype(a.dtype) if a.dtype else None
+    summary = convert(src, Path(a.dst), a.to, dtype=dtype, num_shards=a.shards, max_shard_bytes=a.max_shard_mb * 2**20)
+    print(f"converted {src} ({summary['from']}) -> {a.dst} ({a.to}) in {time.perf_counter() - t0:.1f}s")
+
+
+def cmd_model_info(a: argparse.Namespace) -> None:
+    from herd.model import PRESETS, count_params, flops_per_token
+
+    if a.name is None:
+        from herd.inference.loader import EMBEDDED
+
+        rows = [(name, count_params(args)["total"]) for name, args in PRESETS.items()]
+        if a.json:
+            print(json.dumps({"presets": dict(rows), "embedded": sorted(EMBEDDED)}))
+            return
+        for name, n in rows:
+            print(f"{name:16s} {n / 1e9:10.3f}B parameters")
+        print("embedded models: " + ", ".join(EMBEDDED))
+        return
+    args, source = _args_for(a.name)
+    seq_len = a.seq_len or min(args.max_seq_len, 8192)
+    counts = count_params(args)
+    flops = flops_per_token(args, seq_len)
+    info = {
+        "name": a.name,
+        "source": source,
+        "params": counts["total"],
+        "params_billions": round(counts["total"] / 1e9, 3),
+        "embedding_params": counts["embedding"],
+        "flops_per_token": {"forward": flops["forward"], "train": flops["train"], "seq_len": seq_len},
+        "args": _jsonable_args(args),
+    }
+    if a.json:
+        print(json.dumps(info))
+        return
+    print(f"{a.name}  ({source})")
+    print(f"  parameters        {counts['total']:,}  ({counts['total'] / 1e9:.3f}B)")
+    print(f"  embedding         {counts['embedding']:,}")
+    print(f"  FLOPs/token       forward {flops['forward']:.4g}, train {flops['train']:.4g} (seq_len {seq_len})")
+    for k, v in info["args"].items():
+        print(f"  {k:17s} {v}")
+
+
+def _args_for(name: str):
+    """ModelArgs of a preset, an embedded model or a checkpoint path, reading metadata only."""
+    from herd.checkpoint import read_args
+    from herd.inference.loader import EMBEDDED, resolve_model_path
+    from herd.model import PRESETS, get_preset
+
+    if name in PRESETS:
+        return get_preset(name), "preset"
+    if name.lower() not in EMBEDDED and not Path(name).exists():
+        raise HerdError(f"{name!r} is neither a preset ({', '.join(PRESETS)}), an embedded model nor a path")
+    path = resolve_model_path(name)
+    return read_args(path), str(path)
+
+
+def _jsonable_args(args) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(args)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="herd", description="The Llama 3 recipe: train, convert, run models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="continue a prompt")
+    p.add_argument("--prompt", "-p", required=True)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as one user turn of the chat template")
+    p.add_argument("--json", action="store_true", help='print {"text", "tokens", ...} as JSON')
+    _sampling_args(p, max_new_tokens=128)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="multi-turn chat (reads lines from stdin when piped)")
+    p.add_argument("--system", default=None, help="system message")
+    _sampling_args(p, max_new_tokens=512)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between Meta, HF and GGUF (read-only) formats")
+    p.add_argument("src", help="Meta or HF directory, .gguf file, or embedded model name")
+    p.add_argument("dst", help="new directory to write")
+    p.add_argument("--to", required=True, choices=["hf", "meta"])
+    p.add_argument("--dtype", default=None, help="cast weights (default: as stored; GGUF dequantizes to float32)")
+    p.add_argument("--shards", type=int, default=1, help="model-parallel shards for --to meta")
+    p.add_argument("--max-shard-mb", type=int, default=5120, help="safetensors shard size for --to hf")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("model", help="model presets and sizes")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    q = msub.add_parser("info", help="parameters and FLOPs per token of a preset or checkpoint")
+    q.add_argument("name", nargs="?", default=None, help="preset, embedded model or checkpoint path (omit to list)")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--seq-len", type=int, default=None, help="context length for attention FLOPs (default 8192)")
+    q.set_defaults(func=cmd_model_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = a.func
+    try:
+        func(a)
+    except HerdError as e:
+        if a.debug:
+            raise
+        print(f"herd: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

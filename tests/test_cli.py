@@ -1,0 +1,109 @@
+"""The `herd` command line, run the way a user runs it (in-process `main`, and the console script)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from herd.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(("name", "billions"), [("llama3.1-405b", 405), ("llama3-8b", 8.0), ("llama3.1-8b", 8.0)])
+def test_model_info_sizes_match_meta(capsys, name, billions) -> None:
+    code, out, _ = run(capsys, "model", "info", name, "--json")
+    info = json.loads(out)
+    assert code == 0
+    assert info["params"] / 1e9 == pytest.approx(billions, rel=0.01)
+    assert info["flops_per_token"]["train"] > 6 * info["params"] * 0.9
+
+
+def test_model_info_lists_presets_and_reads_checkpoints(capsys) -> None:
+    code, out, _ = run(capsys, "model", "info")
+    assert code == 0 and "llama3.2-1b" in out and "smollm2-135m-instruct" in out
+    code, out, _ = run(capsys, "model", "info", "smollm2-135m-instruct", "--json")
+    info = json.loads(out)
+    assert info["args"]["dim"] == 576 and info["args"]["tie_embeddings"]
+    assert info["params"] == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_generate_json_is_deterministic_for_a_seed(capsys) -> None:
+    argv = ["generate", "-p", "Once upon a time", "-n", "8", "--json", "--temperature", "0.9", "--seed", "3"]
+    first = json.loads(run(capsys, *argv)[1])
+    second = json.loads(run(capsys, *argv)[1])
+    assert first == second
+    assert len(first["tokens"]) == 8 and isinstance(first["text"], str)
+
+
+def test_chat_reads_piped_stdin_with_reset(monkeypatch, capsys) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n/reset\nHi\n/exit\nnever read\n"))
+    code, out, _ = run(capsys, "chat", "-n", "12")
+    assert code == 0
+    assert "Paris" in out and "(history cleared)" in out and "never read" not in out
+    assert out.count("tokens/s") == 2
+
+
+def test_errors_are_one_line_without_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd", "generate", "--model", "/no/such/model", "-p", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0
+    assert "herd: error: model '/no/such/model': no such file or directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_convert_gguf_to_hf_to_meta_keeps_logits_and_output(tmp_path, capsys) -> None:
+    from herd.checkpoint import load_model, read_checkpoint
+    from herd.inference import resolve_model_path
+
+    assert run(capsys, "convert", "smollm2-135m-instruct", str(tmp_path / "hf"), "--to", "hf")[0] == 0
+    assert run(capsys, "convert", str(tmp_path / "hf"), str(tmp_path / "meta"), "--to", "meta")[0] == 0
+    tokens = torch.randint(0, 49152, (1, 24))
+    with torch.no_grad():
+        reference = load_model(read_checkpoint(resolve_model_path(None)))(tokens)
+        for d in ("hf", "meta"):
+            assert torch.equal(load_model(read_checkpoint(tmp_path / d))(tokens), reference), d
+    outputs = set()
+    for model in ("smollm2-135m-instruct", str(tmp_path / "hf"), str(tmp_path / "meta")):
+        outputs.add(run(capsys, "generate", "--model", model, "-p", "The capital of France is", "-n", "6", "--json")[1])
+    assert len(outputs) == 1
+
+
+def test_transformers_loads_converted_hf_directory(tmp_path, capsys) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from herd.inference import load_pretrained
+
+    assert run(capsys, "convert", "smollm2-135m-instruct", str(tmp_path / "hf"), "--to", "hf")[0] == 0
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ref_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ours = load_pretrained(str(tmp_path / "hf"))
+    text = "Hello there, how are you today?"
+    ids = ours.tokenizer.encode(text)
+    assert ref_tok(text, add_special_tokens=False)["input_ids"] == ids
+    chat = [{"role": "user", "content": "Hi there"}]
+    assert ours.tokenizer.encode_chat(chat) == list(
+        ref_tok.apply_chat_template(chat, add_generation_prompt=True)["input_ids"]
+    )
+    with torch.no_grad():
+        assert (ours.model(torch.tensor([ids])) - ref(torch.tensor([ids])).logits).abs().max() <= 1e-4
+
+
+def test_convert_errors_name_the_file(tmp_path, capsys) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 10)
+    code, _, err = run(capsys, "convert", str(bad), str(tmp_path / "out"), "--to", "hf")
+    assert code == 1 and "broken.gguf" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
