@@ -107,3 +107,21 @@ def test_convert_errors_name_the_file(tmp_path, capsys) -> None:
     code, _, err = run(capsys, "convert", str(bad), str(tmp_path / "out"), "--to", "hf")
     assert code == 1 and "broken.gguf" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_and_chat_with_a_meta_directory_use_llama3_tokenizer(tmp_path, capsys, monkeypatch) -> None:
+    """A Meta checkpoint without tokenizer.model falls back to the Llama 3 tokenizer llama-models ships."""
+    import io
+
+    from herd.checkpoint import Checkpoint, write_checkpoint
+    from herd.model import build_model, get_preset
+
+    args = get_preset("tiny").replace(vocab_size=128256)
+    sd = {k: v.detach() for k, v in build_model(args).state_dict().items()}
+    write_checkpoint(tmp_path / "m", Checkpoint(args=args, state_dict=sd, format="meta", path=None), "meta")
+    code, out, _ = run(capsys, "generate", "--model", str(tmp_path / "m"), "-p", "Hello", "-n", "4", "--json")
+    result = json.loads(out)
+    assert code == 0 and len(result["tokens"]) <= 4
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+    code, out, _ = run(capsys, "chat", "--model", str(tmp_path / "m"), "-n", "3", "--dtype", "bf16")
+    assert code == 0 and "you> Hi" in out
