@@ -148,6 +148,81 @@ class _Stats:
 
 
 # ---------------------------------------------------------------------------------------------
+# tokenize / tokenizer train
+
+
+def cmd_tokenize(a: argparse.Namespace) -> None:
+    from herd.inference.loader import EMBEDDED, resolve_model_path
+    from herd.tokenizer import Llama3Tokenizer, load_tokenizer
+
+    source = a.tokenizer
+    if source.lower() in EMBEDDED:
+        source = str(resolve_model_path(source))
+    tok = load_tokenizer(source)
+    mask = None
+    if a.dialog is not None:
+        messages = _read_json_file(a.dialog)
+        if not isinstance(messages, list):
+            raise HerdError(f"{a.dialog}: expected a JSON list of messages")
+        if isinstance(tok, Llama3Tokenizer):
+            from herd.tokenizer.chat_format import ChatFormat, Message
+
+            dialog = [Message.from_dict(m, index=i) for i, m in enumerate(messages)]
+            fmt = ChatFormat(tok)
+            ids, mask = fmt.encode_dialog(dialog) if a.complete else (fmt.encode_dialog_prompt(dialog), None)
+        else:
+            ids = tok.encode_chat(messages, add_generation_prompt=not a.complete)
+    else:
+        if a.file is not None:
+            try:
+                text = Path(a.file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise HerdError(f"{a.file}: cannot read as UTF-8 text ({e})") from None
+        elif a.text is not None:
+            text = a.text
+        else:
+            raise HerdError("give the input with --text, --file or --dialog")
+        ids = tok.encode(text, bos=a.bos, allow_special=a.allow_special)
+    pieces = [tok.decode([i]) for i in ids]
+    if a.json:
+        out = {"tokens": ids, "count": len(ids), "pieces": pieces}
+        if mask is not None:
+            out["loss_mask"] = mask
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    for k, (i, piece) in enumerate(zip(ids, pieces, strict=True)):
+        target = "" if mask is None else ("  [target]" if mask[k] else "")
+        print(f"{i:>7}  {piece!r}{target}")
+    print(f"{len(ids)} tokens")
+
+
+def cmd_tokenizer_train(a: argparse.Namespace) -> None:
+    from herd.tokenizer.train import read_corpus, save_ranks, train_bpe
+
+    t0 = time.perf_counter()
+    ranks = train_bpe(read_corpus(a.input), a.vocab_size, progress=sys.stderr.isatty())
+    out = Path(a.out)
+    if out.is_dir() or a.out.endswith("/"):
+        out = out / "tokenizer.model"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_ranks(ranks, out)
+    short = f" (the corpus ran out of pairs before {a.vocab_size - 256})" if len(ranks) < a.vocab_size - 256 else ""
+    print(
+        f"trained {len(ranks)} BPE tokens + 256 special tokens{short} in {time.perf_counter() - t0:.1f}s -> {out}\n"
+        f"load it with: herd tokenize --tokenizer {out} --text '...'"
+    )
+
+
+def _read_json_file(path: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise HerdError(f"{path}: cannot read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise HerdError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+# ---------------------------------------------------------------------------------------------
 # convert / model info
 
 
@@ -248,6 +323,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=1, help="model-parallel shards for --to meta")
     p.add_argument("--max-shard-mb", type=int, default=5120, help="safetensors shard size for --to hf")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("tokenize", help="show the tokens of a text, a file or a dialog")
+    p.add_argument("--tokenizer", default="llama3", help="llama3, a tokenizer.model/.json, a model dir, .gguf or name")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text")
+    src.add_argument("--file")
+    src.add_argument("--dialog", help="JSON list of messages (role, content, tool_calls, stop_reason)")
+    p.add_argument("--complete", action="store_true", help="--dialog is finished: no open assistant turn; loss mask")
+    p.add_argument("--bos", action="store_true", help="prepend the begin-of-text token")
+    p.add_argument("--allow-special", action="store_true", help="match special-token strings in the text")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    q = tsub.add_parser("train", help="train a BPE with Llama 3's pre-tokenization and special tokens")
+    q.add_argument("--input", nargs="+", required=True, help=".txt/.md/.jsonl files or directories")
+    q.add_argument("--vocab-size", type=int, required=True, help="total size, 256 special tokens included")
+    q.add_argument("--out", required=True, help="output tokenizer.model (tiktoken format), or a directory")
+    q.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("model", help="model presets and sizes")
     msub = p.add_subparsers(dest="model_command", required=True)

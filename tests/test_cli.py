@@ -125,3 +125,28 @@ def test_generate_and_chat_with_a_meta_directory_use_llama3_tokenizer(tmp_path, 
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
     code, out, _ = run(capsys, "chat", "--model", str(tmp_path / "m"), "-n", "3", "--dtype", "bf16")
     assert code == 0 and "you> Hi" in out
+
+
+def test_tokenize_text_and_dialog(tmp_path, capsys) -> None:
+    from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
+
+    from herd.tokenizer.llama3 import packaged_model_path
+
+    out = json.loads(run(capsys, "tokenize", "--text", "Hello <|eot_id|>", "--json")[1])
+    assert out["tokens"] == MetaTokenizer(packaged_model_path()).encode("Hello <|eot_id|>", bos=False, eos=False)
+    dialog = [
+        {"role": "user", "content": "Gold price?"},
+        {"role": "assistant", "tool_calls": [{"name": "brave_search", "arguments": {"query": "gold"}}],
+         "stop_reason": "end_of_message"},
+        {"role": "tool", "content": "2650"},
+        {"role": "assistant", "content": "About 2650 USD."},
+    ]  # fmt: skip
+    (tmp_path / "d.json").write_text(json.dumps(dialog))
+    prompt = json.loads(run(capsys, "tokenize", "--dialog", str(tmp_path / "d.json"), "--json")[1])
+    assert prompt["tokens"][-4:] == [128006, 78191, 128007, 271]  # open assistant header
+    done = json.loads(run(capsys, "tokenize", "--dialog", str(tmp_path / "d.json"), "--complete", "--json")[1])
+    targets = "".join(p for p, m in zip(done["pieces"], done["loss_mask"], strict=True) if m)
+    assert targets == 'brave_search.call(query="gold")<|eom_id|>About 2650 USD.<|eot_id|>'
+    (tmp_path / "bad.json").write_text('[{"role": "user",\n "content": }]')
+    code, _, err = run(capsys, "tokenize", "--dialog", str(tmp_path / "bad.json"))
+    assert code == 1 and "bad.json: invalid JSON at line 2" in err

@@ -18,33 +18,32 @@ import tiktoken
 from herd.errors import TokenizerError
 from herd.tokenizer.base import STOP_TOKEN_TEXTS, Tokenizer
 
-NUM_BASE_TOKENS = 128_000
-
 # Pre-tokenization regex of Llama 3 (as in Meta's reference and the HF tokenizer.json).
 PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Ids 128000.. in order: Meta's Llama 3.1 table, also what the published HF tokenizer.json files use. (llama-models
-# 0.3 renames 128005 to <|step_id|> and 128011 to <|image|>, shifting the reserved numbers after it; the ids of the
-# tokens with a role are the same.)
+# Ids from the first special id (128000 for Meta's file) on, in order: the table of Meta's reference tokenizer
+# (llama_models.llama3.tokenizer). Published HF tokenizer.json files name 128005 and 128011 reserved tokens instead
+# of <|step_id|> and <|image|>; the ids of every token with a role are the same in both.
 _NAMED_SPECIAL_TOKENS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
     "<|reserved_special_token_0|>",
     "<|reserved_special_token_1|>",
     "<|finetune_right_pad_id|>",
-    "<|reserved_special_token_2|>",
+    "<|step_id|>",
     "<|start_header_id|>",
     "<|end_header_id|>",
     "<|eom_id|>",
     "<|eot_id|>",
     "<|python_tag|>",
+    "<|image|>",
 ]
 NUM_SPECIAL_TOKENS = 256
 SPECIAL_TOKENS = _NAMED_SPECIAL_TOKENS + [
-    f"<|reserved_special_token_{i}|>" for i in range(3, 3 + NUM_SPECIAL_TOKENS - len(_NAMED_SPECIAL_TOKENS))
+    f"<|reserved_special_token_{i}|>" for i in range(2, 2 + NUM_SPECIAL_TOKENS - len(_NAMED_SPECIAL_TOKENS))
 ]
 
 # tiktoken panics on very long inputs and is slow on very long runs of whitespace or of non-whitespace
@@ -53,9 +52,6 @@ SPECIAL_TOKENS = _NAMED_SPECIAL_TOKENS + [
 MAX_ENCODE_CHARS = 400_000
 MAX_RUN_CHARS = 25_000
 _RUN = re.compile(r"\s+|\S+")
-
-# The 3.1 format writes tool results under the "ipython" header.
-_HEADER_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "ipython": "ipython", "tool": "ipython"}
 
 
 def packaged_model_path() -> Path:
@@ -105,16 +101,15 @@ class Llama3Tokenizer(Tokenizer):
     def __init__(self, model_path: str | Path | None = None) -> None:
         path = Path(model_path) if model_path is not None else packaged_model_path()
         ranks = load_ranks(path)
-        if len(ranks) != NUM_BASE_TOKENS:
-            raise TokenizerError(
-                f"{path}: has {len(ranks)} BPE tokens; a Llama 3 tokenizer.model has {NUM_BASE_TOKENS}"
-            )
-        self.special_tokens = {name: NUM_BASE_TOKENS + i for i, name in enumerate(SPECIAL_TOKENS)}
+        if len(ranks) < 256 or sorted(ranks.values()) != list(range(len(ranks))):
+            raise TokenizerError(f"{path}: ranks must be 0..N-1 with N >= 256 (every single byte); got {len(ranks)}")
+        self.num_base_tokens = len(ranks)
+        self.special_tokens = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
         self._enc = tiktoken.Encoding(
             name=f"llama3:{path}", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens=self.special_tokens
         )
         self.path = path
-        self.vocab_size = NUM_BASE_TOKENS + NUM_SPECIAL_TOKENS
+        self.vocab_size = len(ranks) + NUM_SPECIAL_TOKENS
         self.bos_id = self.special_tokens["<|begin_of_text|>"]
         self.eos_id = self.special_tokens["<|end_of_text|>"]
         self.pad_id = self.special_tokens["<|finetune_right_pad_id|>"]
@@ -136,30 +131,10 @@ class Llama3Tokenizer(Tokenizer):
         return self._enc.decode(self._check_ids(ids))
 
     def encode_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
-        """`<|begin_of_text|>`, then per message a header, the stripped content and `<|eot_id|>`."""
-        ids = [self.bos_id]
-        for index, message in enumerate(messages):
-            ids.extend(self._encode_message(index, message))
+        """The Llama 3 / 3.1 dialog format of `ChatFormat` (tool calls included)."""
+        from herd.tokenizer.chat_format import ChatFormat, Message
+
+        dialog = [Message.from_dict(m, index=i) for i, m in enumerate(messages)]
         if add_generation_prompt:
-            ids.extend(self._encode_header("assistant"))
-        return ids
-
-    def _encode_header(self, role: str) -> list[int]:
-        start, end = self.special_tokens["<|start_header_id|>"], self.special_tokens["<|end_header_id|>"]
-        return [start, *self.encode(role), end, *self.encode("\n\n")]
-
-    def _encode_message(self, index: int, message: dict[str, Any]) -> list[int]:
-        if not isinstance(message, dict):
-            raise TokenizerError(
-                f"message {index}: expected a dict with role and content, got {type(message).__name__}"
-            )
-        role, content = message.get("role"), message.get("content")
-        if role not in _HEADER_ROLES:
-            raise TokenizerError(f"message {index}: role {role!r} is not one of {sorted(_HEADER_ROLES)}")
-        if not isinstance(content, str):
-            raise TokenizerError(f"message {index}: content must be a string, got {type(content).__name__}")
-        return [
-            *self._encode_header(_HEADER_ROLES[role]),
-            *self.encode(content.strip()),
-            self.special_tokens["<|eot_id|>"],
-        ]
+            return ChatFormat(self).encode_dialog_prompt(dialog)
+        return ChatFormat(self).encode_dialog(dialog)[0]
