@@ -202,7 +202,7 @@ def cmd_tokenizer_train(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     ranks = train_bpe(read_corpus(a.input), a.vocab_size, progress=sys.stderr.isatty())
     out = Path(a.out)
-    if out.is_dir() or a.out.endswith("/"):
+    if out.suffix != ".model":  # a directory, as for a Meta checkpoint's tokenizer.model
         out = out / "tokenizer.model"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_ranks(ranks, out)
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = tsub.add_parser("train", help="train a BPE with Llama 3's pre-tokenization and special tokens")
     q.add_argument("--input", nargs="+", required=True, help=".txt/.md/.jsonl files or directories")
     q.add_argument("--vocab-size", type=int, required=True, help="total size, 256 special tokens included")
-    q.add_argument("--out", required=True, help="output tokenizer.model (tiktoken format), or a directory")
+    q.add_argument("--out", required=True, help="output file ending in .model (tiktoken format), else a directory for tokenizer.model")
     q.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("model", help="model presets and sizes")

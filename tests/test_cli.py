@@ -150,3 +150,21 @@ def test_tokenize_text_and_dialog(tmp_path, capsys) -> None:
     (tmp_path / "bad.json").write_text('[{"role": "user",\n "content": }]')
     code, _, err = run(capsys, "tokenize", "--dialog", str(tmp_path / "bad.json"))
     assert code == 1 and "bad.json: invalid JSON at line 2" in err
+
+
+def test_tokenizer_train_writes_a_tokenizer_every_command_loads(tmp_path, capsys) -> None:
+    import random
+
+    rng = random.Random(0)
+    words = ["herd", "llama", "model", "token", "train", "data", "shard", "mask", "pack", "curate"]
+    docs = [{"text": " ".join(rng.choice(words) for _ in range(20))} for _ in range(300)]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
+    code, out, _ = run(capsys, "tokenizer", "train", "--input", str(tmp_path / "c.jsonl"), "--vocab-size", "600",
+                       "--out", str(tmp_path / "tok"))  # fmt: skip
+    assert code == 0 and "BPE tokens + 256 special tokens" in out
+    model = tmp_path / "tok" / "tokenizer.model"
+    result = json.loads(run(capsys, "tokenize", "--tokenizer", str(model), "--text", "herd llama", "--json")[1])
+    assert result["count"] == 2 and "".join(result["pieces"]) == "herd llama"
+    code, _, err = run(capsys, "tokenizer", "train", "--input", str(tmp_path / "c.jsonl"), "--vocab-size", "300",
+                       "--out", str(tmp_path / "t2"))  # fmt: skip
+    assert code == 1 and "vocab_size 300" in err
