@@ -341,7 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = tsub.add_parser("train", help="train a BPE with Llama 3's pre-tokenization and special tokens")
     q.add_argument("--input", nargs="+", required=True, help=".txt/.md/.jsonl files or directories")
     q.add_argument("--vocab-size", type=int, required=True, help="total size, 256 special tokens included")
-    q.add_argument("--out", required=True, help="output file ending in .model (tiktoken format), else a directory for tokenizer.model")
+    q.add_argument(
+        "--out",
+        required=True,
+        help="output file ending in .model (tiktoken format), else a directory for tokenizer.model",
+    )
     q.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("model", help="model presets and sizes")

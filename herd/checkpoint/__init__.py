@@ -117,11 +117,11 @@ def write_checkpoint(
 
     `assets(tmp_dir)` may add files (tokenizer...) before the directory is committed.
     """
-    from herd.checkpoint.common import atomic_dir
+    from herd.fileio import atomic_dir
 
     if to not in ("hf", "meta"):
         raise CheckpointError(f"cannot write format {to!r}; writable formats: hf, meta")
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, error=CheckpointError) as tmp:
         if to == "hf":
             hf.write_hf(tmp, ckpt.args, ckpt.state_dict, extra_config=ckpt.metadata, max_shard_bytes=max_shard_bytes)
         else:

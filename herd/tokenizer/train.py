@@ -23,8 +23,6 @@ import contextlib
 import heapq
 import itertools
 import json
-import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import regex
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from herd.errors import TokenizerError
+from herd.fileio import atomic_file
 from herd.tokenizer.llama3 import NUM_SPECIAL_TOKENS, PATTERN
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -268,26 +267,5 @@ def save_ranks(ranks: dict[bytes, int], path: str | Path) -> None:
         raise TokenizerError(f"{path}: ranks must be 0..{len(ranks) - 1} with no gaps or repeats")
     lines = [base64.b64encode(token) + b" %d\n" % rank for token, rank in sorted(ranks.items(), key=lambda x: x[1])]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_file(path) as f:
+        f.writelines(lines)
