@@ -22,3 +22,7 @@ class TokenizerError(HerdError):
 
 class InferenceError(HerdError):
     """Invalid generation settings or prompts."""
+
+
+class DataError(HerdError):
+    """Bad curation input or configuration: an unreadable file, a malformed record, an invalid setting."""

@@ -1,0 +1,185 @@
+"""`herd data pack`: jsonl documents -> token shards per source, with a manifest. The trainer reads this.
+
+Each document becomes [bos] + tokens + [eos] (as configured), grouped by its source (a field of the record or of
+its `metadata`, e.g. "source" or "domain"), cut into shards of about `shard_tokens` tokens. The manifest records
+the tokenizer's identity (kind, file hash, vocabulary size, special ids), every input file's hash, the settings,
+and per source the documents, tokens and shards. Packing the same inputs with the same settings again is a
+no-op; an output directory packed from something else is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from herd.data.shards import write_shard
+from herd.errors import DataError
+from herd.fileio import atomic_dir
+from herd.tokenizer import Tokenizer, load_tokenizer
+
+MANIFEST = "manifest.json"
+PACK_VERSION = 1
+
+
+@dataclass(kw_only=True, slots=True)
+class PackConfig:
+    input: list[str] = field(default_factory=list)
+    """jsonl files or directories of them (one document per line, a text field, optional source)."""
+    output: str = "runs/shards"
+    """New directory for the shards and manifest.json."""
+    tokenizer: str = "llama3"
+    """llama3, a tokenizer.model / tokenizer.json path, a model directory or a .gguf file."""
+    text_field: str = "text"
+    source_field: str = "source"
+    """Record field (or metadata key) that names a document's source; "domain" groups by the domain tagger."""
+    default_source: str = "default"
+    shard_tokens: int = 1 << 24
+    """Approximate tokens per shard file."""
+    bos: bool = True
+    eos: bool = True
+
+
+def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
+    """Pack and return the manifest (the existing one when the output is already up to date)."""
+    files = _input_files(cfg.input)
+    tokenizer = load_tokenizer(None if cfg.tokenizer == "llama3" else cfg.tokenizer)
+    identity = tokenizer_identity(cfg.tokenizer, tokenizer)
+    inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files]
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("input", "output")}
+    key = {"version": PACK_VERSION, "tokenizer": identity, "inputs": inputs, "settings": settings}
+    out = Path(cfg.output)
+    if (out / MANIFEST).is_file():
+        existing = json.loads((out / MANIFEST).read_text())
+        if {k: existing.get(k) for k in key} == key:
+            existing["up_to_date"] = True
+            return existing
+        raise DataError(f"{out}: holds shards packed from other inputs or settings; choose a new --output")
+
+    start = time.perf_counter()
+    bos = [tokenizer.bos_id] if cfg.bos and tokenizer.bos_id is not None else []
+    eos = [tokenizer.eos_id] if cfg.eos else []
+    sources: dict[str, dict[str, Any]] = {}
+    pending: dict[str, list[list[int]]] = {}
+    pending_tokens: dict[str, int] = {}
+    skipped: list[str] = []
+    with atomic_dir(out, error=DataError) as tmp:
+
+        def flush(source: str) -> None:
+            info = sources[source]
+            name = f"{_safe(source)}/shard-{len(info['shards']):05d}.bin"
+            (tmp / name).parent.mkdir(exist_ok=True)
+            n = write_shard(tmp / name, pending[source], tokenizer.vocab_size)
+            info["shards"].append({"path": name, "docs": len(pending[source]), "tokens": n})
+            pending[source], pending_tokens[source] = [], 0
+
+        for record, where in _records(files, skipped, progress):
+            text = record.get(cfg.text_field)
+            if not isinstance(text, str):
+                skipped.append(f"{where}: no string field {cfg.text_field!r}")
+                continue
+            meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+            source = str(record.get(cfg.source_field, meta.get(cfg.source_field, cfg.default_source)))
+            ids = bos + tokenizer.encode(text) + eos
+            info = sources.setdefault(source, {"docs": 0, "tokens": 0, "bytes": 0, "shards": []})
+            info["docs"] += 1
+            info["tokens"] += len(ids)
+            info["bytes"] += len(text.encode())
+            pending.setdefault(source, []).append(ids)
+            pending_tokens[source] = pending_tokens.get(source, 0) + len(ids)
+            if pending_tokens[source] >= cfg.shard_tokens:
+                flush(source)
+        for source in sources:
+            if pending.get(source):
+                flush(source)
+        if not sources:
+            raise DataError(f"no documents found in {', '.join(cfg.input)}" + (f" ({skipped[0]})" if skipped else ""))
+        manifest = {
+            **key,
+            "sources": sources,
+            "total": {k: sum(s[k] for s in sources.values()) for k in ("docs", "tokens", "bytes")},
+            "skipped": {"count": len(skipped), "first": skipped[:20]},
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def tokenizer_identity(spec: str, tokenizer: Tokenizer) -> dict[str, Any]:
+    """What a trainer must match: the tokenizer's files (by hash), size and special ids."""
+    from herd.tokenizer import Llama3Tokenizer
+
+    if isinstance(tokenizer, Llama3Tokenizer):
+        files = [tokenizer.path]
+    else:
+        path = Path(spec)
+        files = [path] if path.is_file() else sorted(p for p in path.glob("tokenizer*") if p.is_file())
+    return {
+        "spec": spec,
+        "kind": type(tokenizer).__name__,
+        "files_sha256": {p.name: _sha256(p) for p in files},
+        "vocab_size": tokenizer.vocab_size,
+        "bos_id": tokenizer.bos_id,
+        "eos_id": tokenizer.eos_id,
+    }
+
+
+def _input_files(inputs: list[str]) -> list[Path]:
+    if not inputs:
+        raise DataError("no input given: pass --input FILE_OR_DIR (jsonl)")
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or directory")
+    if not files:
+        raise DataError(f"no .jsonl files under {', '.join(inputs)}")
+    return files
+
+
+def _records(files: list[Path], skipped: list[str], progress: bool) -> Iterator[tuple[dict[str, Any], str]]:
+    """Records of every jsonl file in order; broken lines are recorded in `skipped` with file:line, never fatal."""
+    from rich.progress import Progress
+
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("packing", total=sum(p.stat().st_size for p in files))
+        for path in files:
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    bar.advance(task, len(raw))
+                    if not raw.strip():
+                        continue
+                    where = f"{path}:{lineno}"
+                    try:
+                        record = json.loads(raw.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        skipped.append(f"{where}: not UTF-8")
+                        continue
+                    except json.JSONDecodeError as e:
+                        skipped.append(f"{where}: invalid JSON ({e.msg})")
+                        continue
+                    if not isinstance(record, dict):
+                        skipped.append(f"{where}: not a JSON object")
+                        continue
+                    yield record, where
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"

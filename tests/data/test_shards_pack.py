@@ -1,0 +1,82 @@
+"""Token shards and `pack`: format checks, round trips, idempotence, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from herd.data.pack import PackConfig, pack
+from herd.data.readers import RawReader, input_files
+from herd.data.shards import Shard, write_shard
+from herd.errors import DataError
+from herd.tokenizer import Llama3Tokenizer
+
+
+def test_shard_round_trip_and_dtype(tmp_path) -> None:
+    docs = [[1, 2, 3], [], [65535, 0]]
+    assert write_shard(tmp_path / "a.bin", docs, vocab_size=65536) == 5
+    s = Shard(tmp_path / "a.bin")
+    assert s.tokens.dtype == np.uint16 and len(s) == 3
+    assert [s.document(i).tolist() for i in range(3)] == docs
+    write_shard(tmp_path / "b.bin", [[128255, 7]], vocab_size=128256)
+    assert Shard(tmp_path / "b.bin").tokens.dtype == np.uint32
+
+
+def test_bad_shards_are_named(tmp_path) -> None:
+    write_shard(tmp_path / "a.bin", [[1, 2, 3]], vocab_size=100)
+    data = (tmp_path / "a.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[:-3])
+    with pytest.raises(DataError, match=r"cut\.bin: .* truncated or corrupt"):
+        Shard(tmp_path / "cut.bin")
+    (tmp_path / "foreign.bin").write_bytes(b"PK\x03\x04" + data[4:])
+    with pytest.raises(DataError, match=r"foreign\.bin: not a herd token shard"):
+        Shard(tmp_path / "foreign.bin")
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        write_shard(tmp_path / "c.bin", [[100]], vocab_size=100)
+
+
+def _write_jsonl(path, records, extra_lines=()):
+    path.write_text("\n".join([json.dumps(r) for r in records] + list(extra_lines)) + "\n")
+
+
+def test_pack_groups_by_source_and_is_a_no_op_when_repeated(tmp_path) -> None:
+    tok = Llama3Tokenizer()
+    records = [{"text": f"document number {i} about llamas", "source": "web" if i % 3 else "code"} for i in range(30)]
+    _write_jsonl(tmp_path / "in.jsonl", records, ['{"broken": ', '{"no_text": 1}'])
+    cfg = PackConfig(input=[str(tmp_path / "in.jsonl")], output=str(tmp_path / "out"), shard_tokens=50)
+    m = pack(cfg)
+    assert m["total"]["docs"] == 30 and m["skipped"]["count"] == 2
+    assert "in.jsonl:31: invalid JSON" in m["skipped"]["first"][0]
+    assert {k: v["docs"] for k, v in m["sources"].items()} == {"code": 10, "web": 20}
+    web = [Shard(tmp_path / "out" / s["path"]) for s in m["sources"]["web"]["shards"]]
+    assert len(web) > 1
+    first = web[0].document(0).tolist()
+    assert first == [tok.bos_id, *tok.encode(records[1]["text"]), tok.eos_id]
+    assert sum(s.num_tokens for s in web) == m["sources"]["web"]["tokens"]
+    assert pack(cfg).get("up_to_date") is True
+    _write_jsonl(tmp_path / "in.jsonl", records[:5])
+    with pytest.raises(DataError, match="packed from other inputs"):
+        pack(cfg)
+
+
+def test_reader_skips_and_locates_bad_records(tmp_path) -> None:
+    (tmp_path / "ok.jsonl").write_bytes(
+        b'{"text": "fine", "id": "a", "url": "u"}\n{"text": "bad \xff utf8"}\n{not json}\n\n'
+        b'{"text": "' + b"x" * 5000 + b'"}\n'
+    )
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "page.html").write_text('<html><link rel="canonical" href="https://ex.org/p"><p>hi</p></html>')
+    reader = RawReader(input_files([str(tmp_path)]), max_doc_bytes=1000, errors_dir=tmp_path / "err")
+    docs = list(reader.run(None, 0, 1))
+    assert [d.id for d in docs] == ["a", str(tmp_path / "page.html")]
+    assert docs[0].metadata == {"url": "u"} and docs[1].metadata["url"] == "https://ex.org/p"
+    errors = [json.loads(line) for line in (tmp_path / "err" / "00000.jsonl").read_text().splitlines()]
+    assert {(e["where"].rsplit("/", 1)[-1], e["reason"]) for e in errors} == {
+        ("empty.jsonl", "empty_file"),
+        ("ok.jsonl:2", "bad_utf8"),
+        ("ok.jsonl:3", "bad_json"),
+        ("ok.jsonl:5", "too_large"),
+    }
+    with pytest.raises(DataError, match=r"notes\.pdf: unsupported input file type"):
+        (tmp_path / "notes.pdf").write_bytes(b"%PDF")
+        input_files([str(tmp_path)])
