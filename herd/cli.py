@@ -223,6 +223,80 @@ def _read_json_file(path: str):
 
 
 # ---------------------------------------------------------------------------------------------
+# data
+
+
+def cmd_data_corpus(a: argparse.Namespace) -> None:
+    from herd.data.corpus import build_corpus
+
+    t0 = time.perf_counter()
+    stats = build_corpus(a.output, seed=a.seed)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats.kinds.items()))
+    print(f"wrote {stats.documents} documents ({stats.bytes / 1e6:.1f} MB) to {stats.path} in "
+          f"{time.perf_counter() - t0:.1f}s: {kinds}")  # fmt: skip
+
+
+def cmd_data_curate(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.data.pipeline import Curator, DataJobConfig
+    from herd.data.report import write_report
+
+    overrides = list(a.overrides)
+    for flag, key in ((a.input, "input"), (a.output, "output"), (a.tasks, "tasks"), (a.workers, "workers")):
+        if flag is not None:
+            value = json.dumps(flag) if key in ("input", "output") else str(flag)
+            overrides.append(f"curate.{key}={value}")
+    if a.no_quality:
+        overrides.append("curate.quality.enabled=false")
+    job = load(DataJobConfig, a.config, overrides)
+    cfg = job.curate
+    print(f"herd data curate: {', '.join(cfg.input)} -> {cfg.output} ({cfg.tasks} tasks, {cfg.workers} workers)")
+    report = Curator(cfg, verbose=a.verbose).run()
+    out = Path(cfg.output)
+    write_report(report, out)
+    print(f"\n{'step':<34}{'docs in':>9}{'docs out':>10}  dropped / skipped")
+    for step in report["steps"]:
+        reasons = {**step["dropped"], **step["skipped"]}
+        top = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+        docs_in, docs_out = (str(step[k]) if step[k] is not None else "-" for k in ("docs_in", "docs_out"))
+        print(f"{(step['stage'] + ': ' + step['step'])[:33]:<34}{docs_in:>9}{docs_out:>10}  {top}")
+    o = report["output"]
+    print(f"\nkept {o['documents']} of {report['input']['documents']} documents -> {o['path']}")
+    if truth := report.get("ground_truth"):
+        print("\nagainst the corpus's ground truth:")
+        for name, result in truth.items():
+            shown = {k: v for k, v in result.items() if k not in ("tp", "fp", "fn", "confusion") and v is not None}
+            print(f"  {name:<44} " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+    print(f"\nreport: {out / 'report.json'}, {out / 'report.png'}, {out / 'report.html'}")
+
+
+def cmd_data_pack(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.data.pack import PackConfig, pack
+
+    overrides = list(a.overrides)
+    for flag, key in ((a.input, "input"), (a.output, "output"), (a.tokenizer, "tokenizer"),
+                      (a.source_field, "source_field"), (a.shard_tokens, "shard_tokens")):  # fmt: skip
+        if flag is not None:
+            overrides.append(f"{key}={json.dumps(flag) if not isinstance(flag, int) else flag}")
+    cfg = load(PackConfig, a.config, overrides)
+    m = pack(cfg, progress=sys.stderr.isatty())
+    if m.get("up_to_date"):
+        print(f"{cfg.output} is up to date ({m['total']['tokens']:,} tokens); nothing to do")
+        return
+    print(
+        f"packed {m['total']['docs']:,} documents, {m['total']['tokens']:,} tokens in {m['seconds']}s -> {cfg.output}"
+    )
+    for name, src in sorted(m["sources"].items(), key=lambda kv: -kv[1]["tokens"]):
+        share = src["tokens"] / m["total"]["tokens"]
+        print(
+            f"  {name:<24}{src['docs']:>8} docs {src['tokens']:>12,} tokens  {share:6.1%}  {len(src['shards'])} shards"
+        )
+    if m["skipped"]["count"]:
+        print(f"skipped {m['skipped']['count']} records, e.g. {m['skipped']['first'][0]}")
+
+
+# ---------------------------------------------------------------------------------------------
 # convert / model info
 
 
@@ -348,6 +422,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_tokenizer_train)
 
+    p = sub.add_parser("data", help="curate raw text into documents and pack them into token shards")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("corpus", help="build the embedded raw corpus (with ground truth) from installed packages")
+    q.add_argument("--output", "-o", default="runs/corpus/raw")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data_corpus)
+    q = dsub.add_parser("curate", help="run the curation pipeline (config file and/or --input/--output)")
+    q.add_argument("--config", help="TOML file with a [curate] section; --curate.key=value overrides it")
+    q.add_argument("--input", "-i", nargs="+")
+    q.add_argument("--output", "-o")
+    q.add_argument("--tasks", type=int)
+    q.add_argument("--workers", type=int)
+    q.add_argument("--no-quality", action="store_true", help="skip the LLM-judged quality classifier")
+    q.add_argument("--verbose", action="store_true", help="show datatrove's per-task logs")
+    q.set_defaults(func=cmd_data_curate, accepts_overrides=True)
+    q = dsub.add_parser("pack", help="tokenize jsonl documents into shards for training")
+    q.add_argument("--config", help="TOML file of PackConfig fields; --key=value overrides it")
+    q.add_argument("--input", "-i", nargs="+")
+    q.add_argument("--output", "-o")
+    q.add_argument("--tokenizer")
+    q.add_argument("--source-field")
+    q.add_argument("--shard-tokens", type=int)
+    q.set_defaults(func=cmd_data_pack, accepts_overrides=True)
+
     p = sub.add_parser("model", help="model presets and sizes")
     msub = p.add_subparsers(dest="model_command", required=True)
     q = msub.add_parser("info", help="parameters and FLOPs per token of a preset or checkpoint")
@@ -360,7 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, extra = parser.parse_known_args(argv)
+    # Config-driven commands take `--section.key=value` overrides; anything else unknown is an error.
+    a.overrides = (
+        [x for x in extra if x.startswith("--") and "=" in x] if getattr(a, "accepts_overrides", False) else []
+    )
+    if unknown := [x for x in extra if x not in a.overrides]:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     func: Callable[[argparse.Namespace], None] = a.func
     try:
         func(a)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
+import html
 import importlib.util
 import itertools
 import json
@@ -144,7 +145,8 @@ def license_documents() -> Iterator[dict[str, Any]]:
         except (OSError, UnicodeDecodeError):
             continue
         if len(text) > 600:
-            yield {"text": text[:12000], "source": "licenses", "domain": "general", "name": path.parent.name}
+            name = path.relative_to(site).parts[0].removesuffix(".dist-info")
+            yield {"text": text[:12000], "source": "licenses", "domain": "general", "name": name}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,13 +268,13 @@ def _plant_pii(text: str, items: list[str], rng: random.Random) -> str:
 
 
 def _html_page(title: str, text: str, rng: random.Random) -> str:
-    paragraphs = "\n".join(f"<p>{p}</p>" for p in text.split("\n\n") if p.strip())
+    paragraphs = "\n".join(f"<p>{html.escape(p)}</p>" for p in text.split("\n\n") if p.strip())
     nav = " | ".join(f'<a href="/{w.lower()}">{w}</a>' for w in ["Home", "Docs", "Blog", "About", "Contact"])
     return (
-        f"<!DOCTYPE html><html><head><title>{title}</title></head><body>\n"
+        f"<!DOCTYPE html><html><head><title>{html.escape(title)}</title></head><body>\n"
         f"<header><nav>{nav}</nav></header>\n"
         f'<div class="cookie-banner">We use cookies to improve your experience. <button>Accept</button></div>\n'
-        f"<main><article><h1>{title}</h1>\n{paragraphs}\n</article></main>\n"
+        f"<main><article><h1>{html.escape(title)}</h1>\n{paragraphs}\n</article></main>\n"
         f'<aside class="sidebar"><h3>Related posts</h3><ul><li><a href="/a">Ten tips</a></li>'
         f'<li><a href="/b">Weekly roundup #{rng.randint(1, 99)}</a></li></ul></aside>\n'
         f"<footer>Copyright {rng.randint(2001, 2024)} Example Media. Privacy policy | Terms of use</footer>\n"
@@ -349,8 +351,9 @@ def build_corpus(out_dir: str | Path, *, seed: int = 0, max_base: int | None = 6
     html_ids = set(order[: n // 10])
     pii_ids = set(order[n // 10 : n // 10 + n // 20])
     blocked_ids = set(order[n // 10 + n // 20 : n // 10 + n // 20 + 20])
+    # Each boilerplate line goes into 16 English documents (line dedup removes lines seen in more than 6).
     english = [i for i in order if base[i].get("lang", "en") == "en" and base[i]["domain"] != "code"]
-    boiler_hosts = english[: 12 * len(BOILERPLATE_LINES)]
+    boiler_hosts = [i for i in english if i not in blocked_ids][: 16 * len(BOILERPLATE_LINES)]
     originals: list[dict[str, Any]] = []
     blocked = _list_file("url_blocklist.txt", ["adult.example", "spam.example"])
     for i, src in enumerate(base):
@@ -358,7 +361,7 @@ def build_corpus(out_dir: str | Path, *, seed: int = 0, max_base: int | None = 6
         truth: dict[str, Any] = {}
         if i in boiler_hosts:
             line = BOILERPLATE_LINES[boiler_hosts.index(i) % len(BOILERPLATE_LINES)]
-            text = f"{text}\n{line}"
+            text = f"{text}\n\n{line}"  # its own paragraph, so an HTML page keeps it as its own line
             truth["boilerplate_lines"] = [line]
         if i in pii_ids:
             items = _pii(rng)

@@ -1,0 +1,416 @@
+"""`herd data curate`: the Llama 3 pretraining-data pipeline as datatrove stages, resumable and deterministic.
+
+Stages, each a datatrove pipeline run over `tasks` shards by `workers` processes (logs under <output>/logs):
+  1. clean:   read -> HTML extraction -> URL filter -> language ID -> PII scrubbing       -> <output>/stages/clean
+  2. dedup:   URL, exact, MinHash (document), line and (optionally) semantic dedup        -> <output>/stages/dedup
+  3. quality: Gopher/C4 heuristics, repetition, dirty words, token-distribution KL,
+              domain tagging, model-based quality                                          -> <output>/kept
+Models that need data (the token-distribution reference, the domain classifier, the quality classifier trained on
+an LLM judge's labels) are fitted once, before stage 3, on a fixed sample of stage 2's output, and saved under
+<output>/models. Every dropped document goes to <output>/removed/<step>/ with its reason.
+
+Re-running with the same config resumes: completed tasks (datatrove completion markers) and fitted models are
+reused, and a crashed task is redone from the start, overwriting its own output files, so nothing is duplicated
+or lost. The output does not depend on `workers`; it is fixed by the inputs, the config and `tasks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+
+from herd.config import to_toml
+from herd.errors import DataError
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(kw_only=True, slots=True)
+class UrlConfig:
+    enabled: bool = True
+    blocklist: str | None = None
+    """File of blocked domains, one per line; None uses herd/data/lists/url_blocklist.txt."""
+    allowlist: str | None = None
+    banned_substrings: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class LanguageConfig:
+    enabled: bool = True
+    languages: list[str] = field(default_factory=list)
+    """Languages to keep (ISO 639-1); empty keeps every language that passes its threshold."""
+    min_score: float = 0.5
+    """Minimum lid.176 confidence to keep a document."""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """Per-language minimum confidence, overriding min_score."""
+
+
+@dataclass(kw_only=True, slots=True)
+class DedupConfig:
+    url: bool = True
+    exact: bool = True
+    minhash: bool = True
+    minhash_min_jaccard: float = 0.5
+    lines: bool = True
+    line_threshold: int = 6
+    """Lines found in more than this many documents of a bucket are removed (Llama 3: 6 per 30M documents)."""
+    line_buckets: int = 1
+    semantic: bool = False
+    semantic_threshold: float = 0.95
+
+
+@dataclass(kw_only=True, slots=True)
+class HeuristicsConfig:
+    enabled: bool = True
+    """Gopher/C4 quality rules and Gopher repetition rules."""
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    """The prose rules are written for these languages; other documents skip them."""
+    dirty_words: bool = True
+    dirty_max_fraction: float = 0.03
+    token_kl: bool = True
+    token_kl_quantile: float = 0.99
+    """Documents whose token-distribution KL divergence exceeds this quantile of the fitting sample are dropped."""
+
+
+@dataclass(kw_only=True, slots=True)
+class QualityConfig:
+    domain: bool = True
+    """Tag documents with code / math / general / multilingual (classifier trained on heuristic seed labels)."""
+    enabled: bool = True
+    """Score documents with a fast classifier trained on an LLM judge's labels."""
+    classifier: str | None = None
+    """A saved quality classifier to use instead of training one."""
+    judge: str = "smollm2-135m-instruct"
+    """Model that labels the training sample (an embedded name or a checkpoint path)."""
+    judge_sample: int = 64
+    threshold: float | None = None
+    """Drop documents whose quality score (0..1) is below this; None only scores them."""
+
+
+@dataclass(kw_only=True, slots=True)
+class CurateConfig:
+    input: list[str] = field(default_factory=list)
+    """jsonl / HTML / text files or directories."""
+    output: str = "runs/curate"
+    tasks: int = 4
+    """Shards of work; the output depends on this, not on workers."""
+    workers: int = 1
+    text_field: str = "text"
+    id_field: str = "id"
+    max_doc_bytes: int = 1 << 21
+    """Larger documents are skipped and counted."""
+    fit_sample: int = 2000
+    """Documents (the first, in a fixed order) used to fit the token reference and the domain classifier."""
+    extract: bool = True
+    pii: bool = True
+    url: UrlConfig = field(default_factory=UrlConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    heuristics: HeuristicsConfig = field(default_factory=HeuristicsConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+
+@dataclass(kw_only=True, slots=True)
+class DataJobConfig:
+    """Root of a `herd data curate --config FILE` file: a [curate] section."""
+
+    curate: CurateConfig = field(default_factory=CurateConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+class ExemptCodeAndMath(BaseFilter):
+    """Run `inner` (language ID) on every document, but never drop one that looks like code or mathematics:
+    lid.176 is trained on prose and gives source code and formulas low confidence in any language."""
+
+    def __init__(self, inner: BaseFilter, *, exclusion_writer: Any = None) -> None:
+        self.name = inner.name  # before super().__init__, which names the step's stats
+        super().__init__(exclusion_writer=exclusion_writer)
+        self.inner = inner
+
+    def filter(self, doc: Any) -> bool | tuple[bool, str]:
+        from herd.data.quality import seed_domain_label
+
+        result = self.inner.filter(doc)
+        if result is True or (isinstance(result, tuple) and result[0]):
+            return result
+        # Code and formulas are mostly letters; symbol soup, which also scores as "code or math", is not.
+        letters = sum(ch.isalpha() for ch in doc.text[:5000]) / max(1, len(doc.text[:5000]))
+        if letters >= 0.3 and seed_domain_label(doc.text, "en") in ("code", "math"):
+            self.stat_update("code_or_math_exempt")
+            return True
+        return result
+
+
+class OnlyLanguages(BaseFilter):
+    """Apply `inner` to documents tagged with one of `languages`; pass the others through untouched."""
+
+    def __init__(self, inner: BaseFilter, languages: list[str], *, exclusion_writer: Any = None) -> None:
+        self.name = inner.name  # before super().__init__, which names the step's stats
+        super().__init__(exclusion_writer=exclusion_writer)
+        self.inner, self.languages = inner, set(languages)
+
+    def filter(self, doc: Any) -> bool | tuple[bool, str]:
+        if self.languages and doc.metadata.get("language") not in self.languages:
+            self.stat_update("other_language_skipped")
+            return True
+        return self.inner.filter(doc)
+
+
+def _writer(path: Path) -> JsonlWriter:
+    # Uncompressed, one file per task: a rerun of a task overwrites exactly its own file.
+    return JsonlWriter(str(path), compression=None)
+
+
+def _reader(path: Path) -> JsonlReader:
+    # No file_path in the metadata: intermediate paths would make outputs differ between output directories.
+    return JsonlReader(str(path), compression=None, glob_pattern="*.jsonl", add_file_path=False)
+
+
+class Curator:
+    """Builds and runs the stages for one config; `run()` returns the report dict."""
+
+    def __init__(self, cfg: CurateConfig, *, log: Callable[[str], None] = print, verbose: bool = False) -> None:
+        if not cfg.input:
+            raise DataError("no input given: set curate.input or pass --input DIR")
+        if cfg.tasks < 1 or cfg.workers < 1:
+            raise DataError(f"tasks and workers must be >= 1, got tasks={cfg.tasks} workers={cfg.workers}")
+        self.cfg, self.log, self.verbose = cfg, log, verbose
+        self.out = Path(cfg.output)
+        self.removed = self.out / "removed"
+        self.stage_dirs = {name: self.out / "stages" / name for name in ("clean", "dedup")}
+        self.kept = self.out / "kept"
+        self.models = self.out / "models"
+        self.timings: dict[str, float] = {}
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from herd.data.readers import input_files
+
+        files = input_files(self.cfg.input)
+        self._claim_output(files)
+        start = time.perf_counter()
+        self._execute("clean", self._clean_stage(files))
+        for i, stage in enumerate(self._dedup_stages()):
+            self._execute(f"dedup_{i:02d}", stage.pipeline, tasks=stage.tasks)
+        self._fit_models()
+        self._execute("quality", self._quality_stage())
+        self.timings["total"] = time.perf_counter() - start
+        from herd.data.evaluate import build_report
+
+        return build_report(self, files)
+
+    def _claim_output(self, files: list[Path]) -> None:
+        """Refuse an output directory made by another config or other inputs: a resume must be a true resume."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f"{f}:{f.stat().st_size}:{int(f.stat().st_mtime)}\n".encode())
+        stamp = to_toml(self.cfg) + f'inputs_digest = "{digest.hexdigest()}"\n'
+        path = self.out / "config.toml"
+        if path.exists() and path.read_text() != stamp:
+            raise DataError(
+                f"{self.out}: made by another config or other inputs (see its config.toml); use a new output"
+            )
+        path.write_text(stamp)
+
+    def _execute(self, name: str, pipeline: list[PipelineStep], tasks: int | None = None) -> None:
+        t = time.perf_counter()
+        n = tasks or self.cfg.tasks
+        executor = LocalPipelineExecutor(
+            pipeline=pipeline,
+            tasks=n,
+            workers=min(self.cfg.workers, n),
+            logging_dir=str(self.out / "logs" / name),
+            skip_completed=True,
+        )
+        with contextlib.nullcontext() if self.verbose else _stderr_to(self.out / "logs" / f"{name}.console.log"):
+            executor.run()
+        self.timings[name] = time.perf_counter() - t
+        self.log(f"  {name:<10} {self.timings[name]:6.1f}s  ({n} task{'s' if n > 1 else ''})")
+
+    # -- stages -------------------------------------------------------------------------------------
+
+    def _clean_stage(self, files: list[Path]) -> list[PipelineStep]:
+        from herd.data.extract import HtmlExtractor
+        from herd.data.filters import LanguageId, PiiScrubber, UrlFilter, read_list
+        from herd.data.readers import RawReader
+
+        cfg = self.cfg
+        steps: list[PipelineStep] = [
+            RawReader(
+                files,
+                text_field=cfg.text_field,
+                id_field=cfg.id_field,
+                max_doc_bytes=cfg.max_doc_bytes,
+                errors_dir=self.out / "errors",
+            )
+        ]
+        if cfg.extract:
+            steps.append(HtmlExtractor(exclusion_writer=_writer(self.removed / "extract")))
+        if cfg.url.enabled:
+            lists = {
+                "blocked_domains": cfg.url.blocklist,
+                "allowed_domains": cfg.url.allowlist,
+                "banned_substrings": cfg.url.banned_substrings,
+            }
+            kwargs = {k: read_list(v) for k, v in lists.items() if v is not None}
+            steps.append(UrlFilter(**kwargs, exclusion_writer=_writer(self.removed / "url")))
+        if cfg.language.enabled:
+            lang = cfg.language
+            lid = LanguageId(languages=lang.languages or None, min_score=lang.min_score, thresholds=lang.thresholds)
+            steps.append(ExemptCodeAndMath(lid, exclusion_writer=_writer(self.removed / "language")))
+        if cfg.pii:
+            steps.append(PiiScrubber())
+        steps.append(_writer(self.stage_dirs["clean"]))
+        return steps
+
+    def _dedup_stages(self) -> list[Any]:
+        from herd.data.dedup import ExactDedup, LineDedup, MinHashDedup, SemanticDedup, UrlDedup, dedup_stages
+
+        d, work = self.cfg.dedup, self.out / "dedup_work"
+        kinds = []
+        if d.url:
+            kinds.append(UrlDedup(work, exclusion_writer=_writer(self.removed / "dedup_url")))
+        if d.exact:
+            kinds.append(ExactDedup(work, exclusion_writer=_writer(self.removed / "dedup_exact")))
+        if d.minhash:
+            kinds.append(MinHashDedup(work, min_jaccard=d.minhash_min_jaccard,
+                                      exclusion_writer=_writer(self.removed / "dedup_minhash")))  # fmt: skip
+        if d.lines:
+            kinds.append(LineDedup(work, threshold=d.line_threshold, num_buckets=d.line_buckets,
+                                   exclusion_writer=_writer(self.removed / "dedup_lines")))  # fmt: skip
+        if d.semantic:
+            kinds.append(SemanticDedup(work, threshold=d.semantic_threshold,
+                                       exclusion_writer=_writer(self.removed / "dedup_semantic")))  # fmt: skip
+        return dedup_stages([_reader(self.stage_dirs["clean"])], kinds, [_writer(self.stage_dirs["dedup"])])
+
+    def _quality_stage(self) -> list[PipelineStep]:
+        from herd.data.filters import (
+            DirtyWordFilter,
+            QualityHeuristicsFilter,
+            RepetitionFilter,
+            TokenDistributionFilter,
+        )
+        from herd.data.quality import DomainTagger, QualityScorer
+
+        h, q = self.cfg.heuristics, self.cfg.quality
+        steps: list[PipelineStep] = [_reader(self.stage_dirs["dedup"])]
+        # Domains first: the prose rules below skip code and mathematics, which they would wrongly drop.
+        if q.domain:
+            steps.append(DomainTagger(self.models / "domain.npz"))
+        prose_only = ("code", "math")
+        if h.enabled:
+            steps.append(OnlyLanguages(QualityHeuristicsFilter(skip_domains=prose_only), h.languages,
+                                       exclusion_writer=_writer(self.removed / "heuristics")))  # fmt: skip
+            steps.append(OnlyLanguages(RepetitionFilter(skip_domains=prose_only), h.languages,
+                                       exclusion_writer=_writer(self.removed / "repetition")))  # fmt: skip
+        if h.dirty_words:
+            steps.append(DirtyWordFilter(max_fraction=h.dirty_max_fraction,
+                                         exclusion_writer=_writer(self.removed / "dirty_words")))  # fmt: skip
+        if h.token_kl:
+            kl = TokenDistributionFilter.load(self.models / "token_reference.json")
+            steps.append(OnlyLanguages(kl, h.languages, exclusion_writer=_writer(self.removed / "token_kl")))
+        if q.enabled:
+            path = q.classifier or self.models / "quality.npz"
+            steps.append(QualityScorer(path, threshold=q.threshold, exclusion_writer=_writer(self.removed / "quality")))
+        steps.append(_writer(self.kept))
+        return steps
+
+    # -- models fitted on a sample -------------------------------------------------------------------
+
+    def sample(self, n: int) -> list[dict[str, Any]]:
+        """The first `n` documents of stage 2's output, in file then line order (independent of workers)."""
+        out: list[dict[str, Any]] = []
+        for path in sorted(self.stage_dirs["dedup"].glob("*.jsonl")):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    out.append(json.loads(line))
+                    if len(out) >= n:
+                        return out
+        return out
+
+    def _fit_models(self) -> None:
+        from herd.data.filters import TokenDistributionFilter
+        from herd.data.quality import LLMJudge, label_and_train_quality, train_domain_classifier
+
+        h, q = self.cfg.heuristics, self.cfg.quality
+        self.models.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        docs = self.sample(self.cfg.fit_sample)
+        if not docs:
+            raise DataError("no documents survived cleaning and dedup: nothing to fit the filters on")
+        langs = set(h.languages)
+        ref = self.models / "token_reference.json"
+        if h.token_kl and not ref.exists():
+            texts = [d["text"] for d in docs if not langs or d["metadata"].get("language") in langs]
+            if len(texts) < 20:
+                raise DataError(
+                    f"only {len(texts)} documents in {sorted(langs)} to fit the token-distribution reference "
+                    "(need 20); set curate.heuristics.token_kl=false or add data"
+                )
+            TokenDistributionFilter().fit(texts, quantile=h.token_kl_quantile).save(ref)
+        domain = self.models / "domain.npz"
+        if q.domain and not domain.exists():
+            texts = [d["text"] for d in docs]
+            languages = [d["metadata"].get("language") for d in docs]
+            try:
+                train_domain_classifier(texts, languages=languages).save(domain)
+            except DataError as e:
+                raise DataError(
+                    f"domain classifier: {e}; set curate.quality.domain=false for one-domain data"
+                ) from None
+        quality = self.models / "quality.npz"
+        if q.enabled and q.classifier is None and not quality.exists():
+            import torch
+
+            from herd.inference import load_pretrained
+
+            self.log(f"  labelling {q.judge_sample} documents with the judge {q.judge} ...")
+            judge = LLMJudge(load_pretrained(q.judge, dtype=torch.bfloat16))  # bf16: the fast CPU path
+            sample = [d["text"] for d in docs[:: max(1, len(docs) // q.judge_sample)][: q.judge_sample]]
+            classifier, report = label_and_train_quality(sample, judge)
+            classifier.save(quality)
+            (self.models / "quality_training.json").write_text(json.dumps(_jsonable(report), indent=2))
+        self.timings["fit"] = time.perf_counter() - t
+        self.log(f"  {'fit':<10} {self.timings['fit']:6.1f}s")
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 (datatrove's per-task console logs, worker processes included) to a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _jsonable(obj: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
