@@ -49,3 +49,13 @@ def test_resolved_config_round_trips_through_toml(tmp_path) -> None:
     cfg = load(Root, None, ['--inner.path="a \\"b\\""', "--inner.per_lang={ fr = 0.9 }"])
     (tmp_path / "out.toml").write_text(to_toml(cfg))
     assert load(Root, tmp_path / "out.toml") == cfg
+
+
+def test_shipped_configs_load() -> None:
+    from pathlib import Path
+
+    from herd.data.pipeline import CurateConfig, DataJobConfig
+
+    root = Path(__file__).parents[1] / "configs"
+    job = load(DataJobConfig, root / "data" / "curate.toml")
+    assert job.curate == CurateConfig(input=["runs/corpus/raw"])  # the file spells out the defaults

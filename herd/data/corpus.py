@@ -145,7 +145,8 @@ def license_documents() -> Iterator[dict[str, Any]]:
         except (OSError, UnicodeDecodeError):
             continue
         if len(text) > 600:
-            name = path.relative_to(site).parts[0].removesuffix(".dist-info")
+            # One page per licence file: a package may ship several (torch ships a dozen).
+            name = "/".join(path.relative_to(site).parts).replace(".dist-info", "")
             yield {"text": text[:12000], "source": "licenses", "domain": "general", "name": name}
 
 

@@ -41,7 +41,7 @@ def read_jsonl(folder: Path) -> list[dict[str, Any]]:
 def build_report(curator: Curator, files: list[Path]) -> dict[str, Any]:
     out = curator.out
     steps = step_summaries("clean", out / "logs" / "clean")
-    dedup_logs = sorted((out / "logs").glob("dedup_*"))
+    dedup_logs = sorted(p for p in (out / "logs").glob("dedup_*") if p.is_dir())
     if dedup_logs:  # the last dedup stage holds every kind's filter
         steps += [s for s in step_summaries("dedup", dedup_logs[-1]) if "READER" not in s["step"].upper()]
     steps += step_summaries("quality", out / "logs" / "quality")

@@ -17,6 +17,7 @@ or lost. The output does not depend on `workers`; it is fixed by the inputs, the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -97,7 +98,7 @@ class QualityConfig:
     """A saved quality classifier to use instead of training one."""
     judge: str = "smollm2-135m-instruct"
     """Model that labels the training sample (an embedded name or a checkpoint path)."""
-    judge_sample: int = 64
+    judge_sample: int = 160
     threshold: float | None = None
     """Drop documents whose quality score (0..1) is below this; None only scores them."""
 
@@ -110,6 +111,10 @@ class CurateConfig:
     tasks: int = 4
     """Shards of work; the output depends on this, not on workers."""
     workers: int = 1
+    executor: str = "local"
+    """local (datatrove's LocalPipelineExecutor) or ray (RayPipelineExecutor on the cluster at ray_address)."""
+    ray_address: str | None = None
+    """Ray cluster to join ("auto", "ray://host:10001"); None starts a local Ray instance."""
     text_field: str = "text"
     id_field: str = "id"
     max_doc_bytes: int = 1 << 21
@@ -190,6 +195,8 @@ class Curator:
     def __init__(self, cfg: CurateConfig, *, log: Callable[[str], None] = print, verbose: bool = False) -> None:
         if not cfg.input:
             raise DataError("no input given: set curate.input or pass --input DIR")
+        if cfg.executor not in ("local", "ray"):
+            raise DataError(f"curate.executor must be 'local' or 'ray', got {cfg.executor!r}")
         if cfg.tasks < 1 or cfg.workers < 1:
             raise DataError(f"tasks and workers must be >= 1, got tasks={cfg.tasks} workers={cfg.workers}")
         self.cfg, self.log, self.verbose = cfg, log, verbose
@@ -224,7 +231,9 @@ class Curator:
         digest = hashlib.sha256()
         for f in files:
             digest.update(f"{f}:{f.stat().st_size}:{int(f.stat().st_mtime)}\n".encode())
-        stamp = to_toml(self.cfg) + f'inputs_digest = "{digest.hexdigest()}"\n'
+        # How the work is spread (workers, executor) does not change the output, so a resume may change it.
+        fixed = dataclasses.replace(self.cfg, workers=1, executor="local", ray_address=None)
+        stamp = to_toml(fixed) + f'inputs_digest = "{digest.hexdigest()}"\n'
         path = self.out / "config.toml"
         if path.exists() and path.read_text() != stamp:
             raise DataError(
@@ -235,13 +244,22 @@ class Curator:
     def _execute(self, name: str, pipeline: list[PipelineStep], tasks: int | None = None) -> None:
         t = time.perf_counter()
         n = tasks or self.cfg.tasks
-        executor = LocalPipelineExecutor(
+        kwargs = dict(
             pipeline=pipeline,
             tasks=n,
             workers=min(self.cfg.workers, n),
             logging_dir=str(self.out / "logs" / name),
             skip_completed=True,
         )
+        if self.cfg.executor == "ray":
+            import ray
+            from datatrove.executor.ray import RayPipelineExecutor
+
+            if not ray.is_initialized():
+                ray.init(address=self.cfg.ray_address, include_dashboard=False, log_to_driver=self.verbose)
+            executor = RayPipelineExecutor(**kwargs)
+        else:
+            executor = LocalPipelineExecutor(**kwargs)
         with contextlib.nullcontext() if self.verbose else _stderr_to(self.out / "logs" / f"{name}.console.log"):
             executor.run()
         self.timings[name] = time.perf_counter() - t

@@ -29,6 +29,8 @@ def step_summaries(stage: str, logging_dir: Path) -> list[dict[str, Any]]:
             for key, value in step.get("stats", {}).items():
                 if key == "doc_len" and isinstance(value, dict):
                     entry["chars"] += value.get("total", 0)
+                elif isinstance(value, dict):  # a counter datatrove keeps with per-file statistics
+                    entry["stats"][key] += value.get("total", 0)
                 elif isinstance(value, int | float):
                     entry["stats"][key] += value
             time_stats = step.get("time_stats")

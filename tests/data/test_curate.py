@@ -137,3 +137,14 @@ def test_cli_curate_then_pack(embedded_corpus, tmp_path, capsys) -> None:
         main(["data", "pack", "-i", str(out / "kept"), "-o", str(tmp_path / "shards"), "--source-field", "domain"]) == 0
     )
     assert "up to date" in capsys.readouterr().out
+
+
+def test_same_pipeline_on_ray_gives_the_local_output(run, embedded_corpus, tmp_path) -> None:
+    """The executor is a setting: the stages, and so the output, are the same on a (local) Ray cluster."""
+    pytest.importorskip("ray")
+    out, _ = run
+    cfg = _config(embedded_corpus, tmp_path / "ray", workers=2)
+    cfg.executor = "ray"
+    Curator(cfg, log=lambda _: None).run()
+    for name in sorted(p.name for p in (out / "kept").glob("*.jsonl")):
+        assert (out / "kept" / name).read_bytes() == (tmp_path / "ray" / "kept" / name).read_bytes()
