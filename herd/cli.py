@@ -276,17 +276,19 @@ def cmd_data_pack(a: argparse.Namespace) -> None:
 
     overrides = list(a.overrides)
     for flag, key in ((a.input, "input"), (a.output, "output"), (a.tokenizer, "tokenizer"),
-                      (a.source_field, "source_field"), (a.shard_tokens, "shard_tokens")):  # fmt: skip
+                      (a.source_field, "source_field"), (a.shard_tokens, "shard_tokens"), (a.mix, "mix"),
+                      (a.mix_tokens, "mix_tokens")):  # fmt: skip
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag) if not isinstance(flag, int) else flag}")
     cfg = load(PackConfig, a.config, overrides)
     m = pack(cfg, progress=sys.stderr.isatty())
     if m.get("up_to_date"):
         print(f"{cfg.output} is up to date ({m['total']['tokens']:,} tokens); nothing to do")
-        return
-    print(
-        f"packed {m['total']['docs']:,} documents, {m['total']['tokens']:,} tokens in {m['seconds']}s -> {cfg.output}"
-    )
+    else:
+        print(
+            f"packed {m['total']['docs']:,} documents, {m['total']['tokens']:,} tokens "
+            f"in {m['seconds']}s -> {cfg.output}"
+        )
     for name, src in sorted(m["sources"].items(), key=lambda kv: -kv[1]["tokens"]):
         share = src["tokens"] / m["total"]["tokens"]
         print(
@@ -294,6 +296,15 @@ def cmd_data_pack(a: argparse.Namespace) -> None:
         )
     if m["skipped"]["count"]:
         print(f"skipped {m['skipped']['count']} records, e.g. {m['skipped']['first'][0]}")
+    if "mix" in m:
+        budget = sum(p["draw"] for p in m["mix"].values())
+        print(f"mix for {budget:,} training tokens:")
+        for name, p in m["mix"].items():
+            warn = "  <- repeats more than 4 times" if p["epochs"] > 4 else ""
+            print(
+                f"  {name:<24}{p['weight']:>6.0%}  draw {p['draw']:>12,} of {p['tokens']:>12,}"
+                f"  {p['epochs']:.2f} epochs{warn}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tokenizer")
     q.add_argument("--source-field")
     q.add_argument("--shard-tokens", type=int)
+    q.add_argument("--mix", help='report a mix: "general=0.5,math=0.25,code=0.17,multilingual=0.08" or "llama3"')
+    q.add_argument("--mix-tokens", type=int, help="training budget for the mix report (default: all packed tokens)")
     q.set_defaults(func=cmd_data_pack, accepts_overrides=True)
 
     p = sub.add_parser("model", help="model presets and sizes")

@@ -43,6 +43,11 @@ class PackConfig:
     """Approximate tokens per shard file."""
     bos: bool = True
     eos: bool = True
+    mix: str = ""
+    """Target weights per source ("general=0.5,math=0.25,code=0.17,multilingual=0.08" or "llama3"): reported, with
+    the epochs each source needs, for a budget of mix_tokens."""
+    mix_tokens: int = 0
+    """Training budget for the mix report; 0 means the packed total."""
 
 
 def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
@@ -51,14 +56,14 @@ def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
     tokenizer = load_tokenizer(None if cfg.tokenizer == "llama3" else cfg.tokenizer)
     identity = tokenizer_identity(cfg.tokenizer, tokenizer)
     inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files]
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("input", "output")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("input", "output", "mix", "mix_tokens")}
     key = {"version": PACK_VERSION, "tokenizer": identity, "inputs": inputs, "settings": settings}
     out = Path(cfg.output)
     if (out / MANIFEST).is_file():
         existing = json.loads((out / MANIFEST).read_text())
         if {k: existing.get(k) for k in key} == key:
             existing["up_to_date"] = True
-            return existing
+            return _with_mix(existing, cfg)
         raise DataError(f"{out}: holds shards packed from other inputs or settings; choose a new --output")
 
     start = time.perf_counter()
@@ -107,6 +112,15 @@ def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 2),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return _with_mix(manifest, cfg)
+
+
+def _with_mix(manifest: dict[str, Any], cfg: PackConfig) -> dict[str, Any]:
+    if cfg.mix:
+        from herd.data.mix import parse_weights, plan_mix
+
+        tokens = {name: src["tokens"] for name, src in manifest["sources"].items()}
+        manifest["mix"] = plan_mix(tokens, parse_weights(cfg.mix), cfg.mix_tokens or manifest["total"]["tokens"])
     return manifest
 
 

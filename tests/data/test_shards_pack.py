@@ -80,3 +80,26 @@ def test_reader_skips_and_locates_bad_records(tmp_path) -> None:
     with pytest.raises(DataError, match=r"notes\.pdf: unsupported input file type"):
         (tmp_path / "notes.pdf").write_bytes(b"%PDF")
         input_files([str(tmp_path)])
+
+
+def test_mix_plan_reports_draws_and_epochs() -> None:
+    from herd.data.mix import LLAMA3_MIX, parse_weights, plan_mix
+
+    assert parse_weights("llama3") == LLAMA3_MIX
+    assert parse_weights("a=1,b=3") == {"a": 0.25, "b": 0.75}
+    plan = plan_mix({"a": 100, "b": 1000}, {"a": 0.5, "b": 0.5}, total_tokens=1000)
+    assert plan["a"] == {"weight": 0.5, "tokens": 100, "draw": 500, "epochs": 5.0}
+    assert plan["b"]["epochs"] == 0.5
+    with pytest.raises(DataError, match="no tokens: \\['c'\\]"):
+        plan_mix({"a": 1}, {"c": 1.0}, 10)
+    with pytest.raises(DataError, match=r"source=0\.25"):
+        parse_weights("a:0.5")
+
+
+def test_pack_reports_the_mix(tmp_path) -> None:
+    records = [{"text": f"doc {i}", "source": "web" if i % 4 else "code"} for i in range(40)]
+    _write_jsonl(tmp_path / "in.jsonl", records)
+    cfg = PackConfig(input=[str(tmp_path / "in.jsonl")], output=str(tmp_path / "out"), mix="web=0.5,code=0.5")
+    m = pack(cfg)
+    assert m["mix"]["code"]["epochs"] > m["mix"]["web"]["epochs"]
+    assert "mix" not in json.loads((tmp_path / "out" / "manifest.json").read_text())  # a report, not a property
