@@ -354,7 +354,8 @@ def build_corpus(out_dir: str | Path, *, seed: int = 0, max_base: int | None = 6
     blocked_ids = set(order[n // 10 + n // 20 : n // 10 + n // 20 + 20])
     # Each boilerplate line goes into 16 English documents (line dedup removes lines seen in more than 6).
     english = [i for i in order if base[i].get("lang", "en") == "en" and base[i]["domain"] != "code"]
-    boiler_hosts = [i for i in english if i not in blocked_ids][: 16 * len(BOILERPLATE_LINES)]
+    # Plain-text hosts only: HTML extraction already strips such lines from pages, which would leave too few copies.
+    boiler_hosts = [i for i in english if i not in blocked_ids | html_ids][: 16 * len(BOILERPLATE_LINES)]
     originals: list[dict[str, Any]] = []
     blocked = _list_file("url_blocklist.txt", ["adult.example", "spam.example"])
     for i, src in enumerate(base):
