@@ -141,9 +141,22 @@ class DataJobConfig:
 # Steps
 
 
+def looks_like_code_or_math(text: str) -> bool:
+    """Syntax evidence of source code or formulas (herd.data.quality.seed_domain_label). Prose rules and language
+    ID are wrong on such text; symbol soup and encoded blobs also score as "code or math" and must not pass."""
+    from herd.data.quality import seed_domain_label
+
+    head = text[:5000]
+    letters = sum(ch.isalpha() for ch in head) / max(1, len(head))
+    # ... and code and formulas are many short tokens: a base64 blob is one endless "word" of letters and +/=.
+    words = head.split()
+    short_words = len(words) >= 20 and sum(map(len, words)) / len(words) <= 12
+    return letters >= 0.3 and short_words and seed_domain_label(text, "en") in ("code", "math")
+
+
 class ExemptCodeAndMath(BaseFilter):
-    """Run `inner` (language ID) on every document, but never drop one that looks like code or mathematics:
-    lid.176 is trained on prose and gives source code and formulas low confidence in any language."""
+    """Run `inner` (language ID) on every document, to tag it, but never drop one that looks like code or
+    mathematics: lid.176 is trained on prose and gives source code and formulas low confidence."""
 
     def __init__(self, inner: BaseFilter, *, exclusion_writer: Any = None) -> None:
         self.name = inner.name  # before super().__init__, which names the step's stats
@@ -151,21 +164,18 @@ class ExemptCodeAndMath(BaseFilter):
         self.inner = inner
 
     def filter(self, doc: Any) -> bool | tuple[bool, str]:
-        from herd.data.quality import seed_domain_label
-
         result = self.inner.filter(doc)
-        if result is True or (isinstance(result, tuple) and result[0]):
-            return result
-        # Code and formulas are mostly letters; symbol soup, which also scores as "code or math", is not.
-        letters = sum(ch.isalpha() for ch in doc.text[:5000]) / max(1, len(doc.text[:5000]))
-        if letters >= 0.3 and seed_domain_label(doc.text, "en") in ("code", "math"):
+        if result is not True and not (isinstance(result, tuple) and result[0]) and looks_like_code_or_math(doc.text):
             self.stat_update("code_or_math_exempt")
             return True
         return result
 
 
-class OnlyLanguages(BaseFilter):
-    """Apply `inner` to documents tagged with one of `languages`; pass the others through untouched."""
+class ProseOnly(BaseFilter):
+    """Apply the prose filter `inner` to documents in `languages` that do not look like code or mathematics.
+
+    The exemption rests on the text's own syntax, not on the domain classifier's tag, which a base64 blob or a
+    number dump can fool into "math" and so past every rule written to catch it."""
 
     def __init__(self, inner: BaseFilter, languages: list[str], *, exclusion_writer: Any = None) -> None:
         self.name = inner.name  # before super().__init__, which names the step's stats
@@ -175,6 +185,9 @@ class OnlyLanguages(BaseFilter):
     def filter(self, doc: Any) -> bool | tuple[bool, str]:
         if self.languages and doc.metadata.get("language") not in self.languages:
             self.stat_update("other_language_skipped")
+            return True
+        if looks_like_code_or_math(doc.text):
+            self.stat_update("code_or_math_skipped")
             return True
         return self.inner.filter(doc)
 
@@ -332,21 +345,19 @@ class Curator:
 
         h, q = self.cfg.heuristics, self.cfg.quality
         steps: list[PipelineStep] = [_reader(self.stage_dirs["dedup"])]
-        # Domains first: the prose rules below skip code and mathematics, which they would wrongly drop.
         if q.domain:
             steps.append(DomainTagger(self.models / "domain.npz"))
-        prose_only = ("code", "math")
         if h.enabled:
-            steps.append(OnlyLanguages(QualityHeuristicsFilter(skip_domains=prose_only), h.languages,
-                                       exclusion_writer=_writer(self.removed / "heuristics")))  # fmt: skip
-            steps.append(OnlyLanguages(RepetitionFilter(skip_domains=prose_only), h.languages,
-                                       exclusion_writer=_writer(self.removed / "repetition")))  # fmt: skip
+            steps.append(ProseOnly(QualityHeuristicsFilter(skip_domains=()), h.languages,
+                                   exclusion_writer=_writer(self.removed / "heuristics")))  # fmt: skip
+            steps.append(ProseOnly(RepetitionFilter(skip_domains=()), h.languages,
+                                   exclusion_writer=_writer(self.removed / "repetition")))  # fmt: skip
         if h.dirty_words:
             steps.append(DirtyWordFilter(max_fraction=h.dirty_max_fraction,
                                          exclusion_writer=_writer(self.removed / "dirty_words")))  # fmt: skip
         if h.token_kl:
             kl = TokenDistributionFilter.load(self.models / "token_reference.json")
-            steps.append(OnlyLanguages(kl, h.languages, exclusion_writer=_writer(self.removed / "token_kl")))
+            steps.append(ProseOnly(kl, h.languages, exclusion_writer=_writer(self.removed / "token_kl")))
         if q.enabled:
             path = q.classifier or self.models / "quality.npz"
             steps.append(QualityScorer(path, threshold=q.threshold, exclusion_writer=_writer(self.removed / "quality")))
@@ -379,7 +390,20 @@ class Curator:
         langs = set(h.languages)
         ref = self.models / "token_reference.json"
         if h.token_kl and not ref.exists():
-            texts = [d["text"] for d in docs if not langs or d["metadata"].get("language") in langs]
+            # The reference is the distribution of text the rule-based filters accept: fitted on everything, its
+            # outlier quantile would sit among the junk it is meant to catch.
+            from datatrove.data import Document
+
+            from herd.data.filters import QualityHeuristicsFilter, RepetitionFilter
+
+            rules = (QualityHeuristicsFilter(skip_domains=()), RepetitionFilter(skip_domains=()))
+            texts = [
+                d["text"]
+                for d in docs
+                if (not langs or d["metadata"].get("language") in langs)
+                and not looks_like_code_or_math(d["text"])
+                and all(r.filter(Document(text=d["text"], id=d["id"])) is True for r in rules)
+            ]
             if len(texts) < 20:
                 raise DataError(
                     f"only {len(texts)} documents in {sorted(langs)} to fit the token-distribution reference "
