@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from herd.data.pipeline import stderr_to
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -429,22 +431,6 @@ def datatrove_words(docs: list[Any], repeats: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Dedup under the executor
-
-
-@contextlib.contextmanager
-def stderr_to(path: Path) -> Iterator[None]:
-    """File descriptor 2 (datatrove's logs, worker processes included) to a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "a") as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def herd_minhash_stages(inp: Path, out: Path, work: Path) -> list[Any]:

@@ -54,6 +54,7 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.batching import batched
 from datatrove.utils.typeshelper import StatHints
 
+from herd.data.hashing import mix64
 from herd.errors import DataError
 
 Embedder = Callable[[list[str]], np.ndarray]
@@ -69,18 +70,7 @@ def _hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-_M1 = np.uint64(0xFF51AFD7ED558CCD)
-_M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: a bijection that spreads every input bit over the output."""
-    x = x ^ (x >> np.uint64(33))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(33))
-    x = x * _M2
-    return x ^ (x >> np.uint64(33))
 
 
 _WHITESPACE = re.compile(r"\s+")
@@ -604,7 +594,7 @@ class MinHashSignature(DedupSignature):
             raise DataError(f"minhash: n_grams={n_grams} and num_permutations={num_permutations} must be >= 1")
         self.n_grams = n_grams
         offsets = np.full(num_permutations, seed, dtype=np.uint64) * _GOLDEN  # arrays wrap silently, scalars warn
-        self.seeds = _mix64(np.arange(num_permutations, dtype=np.uint64) + offsets)
+        self.seeds = mix64(np.arange(num_permutations, dtype=np.uint64) + offsets)
 
     def shingles(self, text: str) -> np.ndarray:
         """Distinct 64-bit hashes of the word n-grams of text."""
@@ -617,14 +607,14 @@ class MinHashSignature(DedupSignature):
         count = len(words) - n + 1
         shingle = np.zeros(count, dtype=np.uint64)
         for i in range(n):  # order-sensitive combination of n consecutive word hashes
-            shingle = _mix64((shingle ^ hashes[i : i + count]) * _GOLDEN)
+            shingle = mix64((shingle ^ hashes[i : i + count]) * _GOLDEN)
         return np.unique(shingle)
 
     def signature(self, shingles: np.ndarray) -> np.ndarray:
         """(num_bands * rows_per_band,) minima of the seeded hashes over the shingles."""
         minima = np.full(len(self.seeds), np.iinfo(np.uint64).max, dtype=np.uint64)
         for start in range(0, len(shingles), 2048):  # bounds memory at 2048 x permutations for long documents
-            block = _mix64(shingles[start : start + 2048, None] ^ self.seeds[None, :])
+            block = mix64(shingles[start : start + 2048, None] ^ self.seeds[None, :])
             minima = np.minimum(minima, block.min(axis=0))
         return minima
 
@@ -655,7 +645,7 @@ class MinHashMerge(DedupMerge):
         bands = rows.astype(np.uint64).reshape(len(rows), self.num_bands, self.rows_per_band)
         keys = np.zeros(bands.shape[:2], dtype=np.uint64)
         for r in range(self.rows_per_band):
-            keys = _mix64((keys ^ bands[:, :, r]) * _GOLDEN)
+            keys = mix64((keys ^ bands[:, :, r]) * _GOLDEN)
         a, b = _candidate_pairs(keys, place)
         similar = np.zeros(len(a), dtype=bool)
         for start in range(0, len(a), 65536):  # bounds memory at 65536 x permutations

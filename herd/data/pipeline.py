@@ -273,7 +273,7 @@ class Curator:
             executor = RayPipelineExecutor(**kwargs)
         else:
             executor = LocalPipelineExecutor(**kwargs)
-        with contextlib.nullcontext() if self.verbose else _stderr_to(self.out / "logs" / f"{name}.console.log"):
+        with contextlib.nullcontext() if self.verbose else stderr_to(self.out / "logs" / f"{name}.console.log"):
             executor.run()
         self.timings[name] = time.perf_counter() - t
         self.log(f"  {name:<10} {self.timings[name]:6.1f}s  ({n} task{'s' if n > 1 else ''})")
@@ -437,7 +437,7 @@ class Curator:
 
 
 @contextlib.contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
+def stderr_to(path: Path) -> Iterator[None]:
     """Send file descriptor 2 (datatrove's per-task console logs, worker processes included) to a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()

@@ -33,6 +33,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.batching import batched
 
+from herd.data.hashing import mix64
 from herd.errors import DataError
 from herd.fileio import atomic_file
 
@@ -57,18 +58,8 @@ DOMAINS = ("code", "math", "general", "multilingual")
 # words of any script stay whole (non-ASCII punctuation then sticks to its word, which costs little here).
 _TOKEN = re.compile(rb"[\w\x80-\xff]+|[^\w\s\x80-\xff]+")
 _SPACES = re.compile(r"\s+")
-_M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _SALT_UNIGRAM, _SALT_BIGRAM = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)
 _CHAR_BASE = np.uint64(0x100000001B3)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: spreads every input bit over the output (uint64 arithmetic wraps)."""
-    x = x ^ (x >> np.uint64(33))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(33))
-    x = x * _M2
-    return x ^ (x >> np.uint64(33))
 
 
 def _counts_to_features(hashes: np.ndarray, num_buckets: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +99,9 @@ class Featurizer:
             tokens = _TOKEN.findall(text.encode("utf-8", "surrogatepass"))
             if tokens:
                 words = np.fromiter(map(zlib.crc32, tokens), np.uint64, len(tokens))
-                groups.append(_mix64(words ^ _SALT_UNIGRAM))
+                groups.append(mix64(words ^ _SALT_UNIGRAM))
                 if self.word_ngrams == 2 and len(words) > 1:
-                    groups.append(_mix64(((words[:-1] << np.uint64(32)) | words[1:]) ^ _SALT_BIGRAM))
+                    groups.append(mix64(((words[:-1] << np.uint64(32)) | words[1:]) ^ _SALT_BIGRAM))
         if self.char_ngrams:
             chars = " " + _SPACES.sub(" ", text).strip() + " "
             codes = np.frombuffer(chars.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
@@ -120,7 +111,7 @@ class Featurizer:
                 h = np.full(len(codes) - n + 1, n, dtype=np.uint64)
                 for j in range(n):
                     h = h * _CHAR_BASE + codes[j : len(codes) - n + 1 + j]
-                groups.append(_mix64(h))
+                groups.append(mix64(h))
         if not groups:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         scale = 1.0 / math.sqrt(len(groups))
