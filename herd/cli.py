@@ -6,6 +6,7 @@ Errors herd raises on purpose (`HerdError`) print as one line and exit 1; `--deb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -213,6 +214,14 @@ def cmd_tokenizer_train(a: argparse.Namespace) -> None:
     )
 
 
+def _flag_overrides(a: argparse.Namespace, keys: tuple[str, ...], section: str = "") -> list[str]:
+    """The `--section.key=value` overrides, then the plain flags that were given, as overrides too (flags win).
+
+    Values are written as JSON, which is also TOML for the strings, numbers and lists these flags hold."""
+    given = [f"{section}{k}={json.dumps(getattr(a, k))}" for k in keys if getattr(a, k) is not None]
+    return [*a.overrides, *given]
+
+
 def _read_json_file(path: str):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -241,11 +250,7 @@ def cmd_data_curate(a: argparse.Namespace) -> None:
     from herd.data.pipeline import Curator, DataJobConfig
     from herd.data.report import write_report
 
-    overrides = list(a.overrides)
-    for flag, key in ((a.input, "input"), (a.output, "output"), (a.tasks, "tasks"), (a.workers, "workers")):
-        if flag is not None:
-            value = json.dumps(flag) if key in ("input", "output") else str(flag)
-            overrides.append(f"curate.{key}={value}")
+    overrides = _flag_overrides(a, ("input", "output", "tasks", "workers"), section="curate.")
     if a.no_quality:
         overrides.append("curate.quality.enabled=false")
     job = load(DataJobConfig, a.config, overrides)
@@ -274,13 +279,8 @@ def cmd_data_pack(a: argparse.Namespace) -> None:
     from herd.config import load
     from herd.data.pack import PackConfig, pack
 
-    overrides = list(a.overrides)
-    for flag, key in ((a.input, "input"), (a.output, "output"), (a.tokenizer, "tokenizer"),
-                      (a.source_field, "source_field"), (a.shard_tokens, "shard_tokens"), (a.mix, "mix"),
-                      (a.mix_tokens, "mix_tokens")):  # fmt: skip
-        if flag is not None:
-            overrides.append(f"{key}={json.dumps(flag) if not isinstance(flag, int) else flag}")
-    cfg = load(PackConfig, a.config, overrides)
+    keys = ("input", "output", "tokenizer", "source_field", "shard_tokens", "mix", "mix_tokens")
+    cfg = load(PackConfig, a.config, _flag_overrides(a, keys))
     m = pack(cfg, progress=sys.stderr.isatty())
     if m.get("up_to_date"):
         print(f"{cfg.output} is up to date ({m['total']['tokens']:,} tokens); nothing to do")
@@ -347,7 +347,7 @@ def cmd_model_info(a: argparse.Namespace) -> None:
         "params_billions": round(counts["total"] / 1e9, 3),
         "embedding_params": counts["embedding"],
         "flops_per_token": {"forward": flops["forward"], "train": flops["train"], "seq_len": seq_len},
-        "args": _jsonable_args(args),
+        "args": dataclasses.asdict(args),
     }
     if a.json:
         print(json.dumps(info))
@@ -372,12 +372,6 @@ def _args_for(name: str):
         raise HerdError(f"{name!r} is neither a preset ({', '.join(PRESETS)}), an embedded model nor a path")
     path = resolve_model_path(name)
     return read_args(path), str(path)
-
-
-def _jsonable_args(args) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(args)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -431,7 +431,7 @@ class Curator:
             sample = [d["text"] for d in docs[:: max(1, len(docs) // q.judge_sample)][: q.judge_sample]]
             classifier, report = label_and_train_quality(sample, judge)
             classifier.save(quality)
-            (self.models / "quality_training.json").write_text(json.dumps(_jsonable(report), indent=2))
+            (self.models / "quality_training.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
         self.timings["fit"] = time.perf_counter() - t
         self.log(f"  {'fit':<10} {self.timings['fit']:6.1f}s")
 
@@ -450,9 +450,3 @@ def stderr_to(path: Path) -> Iterator[None]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-
-
-def _jsonable(obj: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
