@@ -308,6 +308,56 @@ def cmd_data_pack(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# train / ckpt
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.model import count_params
+    from herd.train.config import TrainJobConfig
+    from herd.train.trainer import Trainer
+
+    cfg = load(TrainJobConfig, a.config, a.overrides)
+    trainer = Trainer(cfg)
+    n = count_params(trainer.model_args)
+    ma = trainer.model_args
+    print(
+        f"herd train: {n['total'] / 1e6:.2f}M parameters (dim {ma.dim}, {ma.n_layers} layers, {ma.n_heads} heads, "
+        f"{ma.n_kv_heads} kv heads, vocab {ma.vocab_size}) on {trainer.device}, {cfg.training.dtype}"
+    )
+    s = trainer.schedule
+    stages = ", ".join(f"{st['batch_tokens']:,} tokens x {st['seq_len']} from step {st['step']}" for st in s.stages())
+    anneal = f", anneal from step {s.anneal_start}" if s.anneal_start <= cfg.training.steps else ""
+    print(f"  {cfg.training.steps} steps, {s.total_tokens:,} tokens: batches of {stages}{anneal}")
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in trainer.loader.weights.items())
+    print(f"  data: {', '.join(cfg.data.shards)} ({mix}); run directory {trainer.run_dir}")
+    if trainer.step:
+        print(f"  resuming at step {trainer.step}")
+    summary = trainer.train()
+    print(
+        f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']}s "
+        f"({summary['tokens_per_s']:,} tok/s); final loss {summary['final_loss']:.4f} "
+        f"(mean of last 10: {summary['final_loss_mean10']:.4f})"
+    )
+    if summary["skipped_steps"] or summary["rollbacks"]:
+        print(f"  recovery: {summary['skipped_steps']} steps skipped, {summary['rollbacks']} rollbacks "
+              f"(see {trainer.run_dir / 'events.jsonl'})")  # fmt: skip
+    print(f"  checkpoint {summary['checkpoint']}; metrics {trainer.run_dir / 'metrics.jsonl'}")
+    print(f"  export: herd ckpt average {summary['checkpoint']} --out {trainer.run_dir / 'model'}")
+
+
+def cmd_ckpt_average(a: argparse.Namespace) -> None:
+    from herd.inference.loader import parse_dtype
+    from herd.train.average import average_to
+
+    t0 = time.perf_counter()
+    paths = [Path(p) for p in a.checkpoints]
+    args = average_to(paths, Path(a.out), to=a.to, dtype=parse_dtype(a.dtype) if a.dtype else None)
+    what = f"averaged {len(paths)} checkpoints" if len(paths) > 1 else f"exported {paths[0]}"
+    print(f"{what} (dim {args.dim}, {args.n_layers} layers) -> {a.out} ({a.to}) in {time.perf_counter() - t0:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------------
 # convert / model info
 
 
@@ -452,6 +502,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mix", help='report a mix: "general=0.5,math=0.25,code=0.17,multilingual=0.08" or "llama3"')
     q.add_argument("--mix-tokens", type=int, help="training budget for the mix report (default: all packed tokens)")
     q.set_defaults(func=cmd_data_pack, accepts_overrides=True)
+
+    p = sub.add_parser("train", help="pretrain a model on packed shards (config file + --section.key=value)")
+    p.add_argument("--config", help="TOML file of the train config (see configs/pretrain/tiny.toml)")
+    p.set_defaults(func=cmd_train, accepts_overrides=True)
+
+    p = sub.add_parser("ckpt", help="checkpoint tools")
+    csub = p.add_subparsers(dest="ckpt_command", required=True)
+    q = csub.add_parser("average", help="average the weights of checkpoints (training or model) into a new one")
+    q.add_argument("checkpoints", nargs="+", help="training checkpoint dirs (step-...) or Meta/HF/GGUF models")
+    q.add_argument("--out", "-o", required=True, help="new directory to write")
+    q.add_argument("--to", choices=["meta", "hf"], default="meta")
+    q.add_argument("--dtype", default=None, help="cast the averaged weights (default float32)")
+    q.set_defaults(func=cmd_ckpt_average)
 
     p = sub.add_parser("model", help="model presets and sizes")
     msub = p.add_subparsers(dest="model_command", required=True)

@@ -120,16 +120,23 @@ def to_toml(cfg: Any) -> str:
     lines: list[str] = []
 
     def emit(obj: Any, prefix: str) -> None:
-        scalars, tables = [], []
+        scalars, tables, arrays = [], [], []
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value):
                 tables.append((f.name, value))
+            elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+                arrays.append((f.name, value))
             elif value is not None:
                 scalars.append(f"{f.name} = {_toml_value(value)}")
         if prefix and scalars:
             lines.append(f"\n[{prefix}]")
         lines.extend(scalars)
+        for name, items in arrays:  # arrays of tables: [[section.name]] once per item
+            for item in items:
+                lines.append(f"\n[[{prefix}.{name}]]" if prefix else f"\n[[{name}]]")
+                lines.extend(f"{f.name} = {_toml_value(getattr(item, f.name))}" for f in dataclasses.fields(item)
+                             if getattr(item, f.name) is not None)  # fmt: skip
         for name, value in tables:
             emit(value, f"{prefix}.{name}" if prefix else name)
 

@@ -26,3 +26,7 @@ class InferenceError(HerdError):
 
 class DataError(HerdError):
     """Bad curation input or configuration: an unreadable file, a malformed record, an invalid setting."""
+
+
+class TrainError(HerdError):
+    """A training run that cannot start or cannot go on (bad config, data that does not fit, runaway faults)."""

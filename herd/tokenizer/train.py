@@ -53,11 +53,13 @@ _PATTERN = regex.compile(PATTERN)
 
 def read_corpus(inputs: Sequence[str | Path], *, text_field: str = "text") -> Iterator[str]:
     """The texts of `inputs`, in order: `.txt`/`.md` files whole, `.jsonl` files one document per line (its
-    `text_field`). A directory contributes its files recursively, sorted by path; other suffixes are errors."""
+    `text_field`). A directory contributes its files of those types recursively, sorted by path (others, such as
+    a corpus's own metadata, are passed over); a named file of another type is an error."""
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
+            suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         elif path.is_file():
             files = [path]
         else:

@@ -225,7 +225,10 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path: Path) -> None:
 def test_unknown_suffix_and_missing_input_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "data.parquet").write_bytes(b"PAR1")
     with pytest.raises(TokenizerError, match=r"data\.parquet: unsupported corpus file type '\.parquet'"):
-        list(read_corpus([tmp_path]))
+        list(read_corpus([tmp_path / "data.parquet"]))
+    # In a directory, files of other types (a corpus's own metadata, say) are passed over.
+    (tmp_path / "docs.jsonl").write_text('{"text": "kept"}\n', encoding="utf-8")
+    assert list(read_corpus([tmp_path])) == ["kept"]
     with pytest.raises(TokenizerError, match=r"corpus input not found: .*nope"):
         list(read_corpus([tmp_path / "nope"]))
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe")

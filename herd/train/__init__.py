@@ -1,0 +1,1 @@
+"""Pretraining: config tree, schedule, trainer loop with recovery, checkpoints and metrics."""

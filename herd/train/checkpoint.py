@@ -1,0 +1,148 @@
+"""Training checkpoints: model and optimizer through torch.distributed.checkpoint (DCP), the rest as small files.
+
+    checkpoints/step-00000100/
+        .metadata, __0_0.distcp   DCP: {"model", "optimizer"} keyed by parameter names (no wrapper prefixes)
+        train_state.json          step, tokens, loader position, lr scheduler, recovery state
+        rng-00000.pt              each rank's torch RNG states
+        params.json               the model's shape (ModelArgs), so the directory exports on its own
+        tokenizer.model / ...     the tokenizer the shards were packed with
+
+A step is written under `.step-00000100.partial` and renamed when every file is on disk, so a crash mid-save
+never leaves a directory that looks complete; `latest()` only sees committed steps. DCP makes the same files
+load under another parallel layout (issue: scale-out), and `keep_last` prunes older steps after a commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from herd.errors import CheckpointError
+from herd.fileio import atomic_file, fsync_dir
+from herd.model import ModelArgs, RopeScaling
+
+_STEP_DIR = re.compile(r"step-(\d+)")
+TRAIN_STATE = "train_state.json"
+PARAMS = "params.json"
+
+
+@contextlib.contextmanager
+def _quiet_dcp() -> Iterator[None]:
+    with warnings.catch_warnings():
+        # Single-process save/load is intended here; DCP warns about it every time.
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+class CheckpointManager:
+    def __init__(self, folder: str | Path, *, keep_last: int, rank: int = 0) -> None:
+        self.folder, self.keep_last, self.rank = Path(folder), keep_last, rank
+
+    def steps(self) -> list[tuple[int, Path]]:
+        """Committed checkpoints, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _STEP_DIR.fullmatch(p.name))]
+        return sorted((s, p) for s, p in found if (p / TRAIN_STATE).is_file())
+
+    def latest(self) -> Path | None:
+        steps = self.steps()
+        return steps[-1][1] if steps else None
+
+    def save(
+        self,
+        step: int,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_state: dict[str, Any],
+        args: ModelArgs,
+        assets: list[Path] = (),
+    ) -> Path:
+        final = self.folder / f"step-{step:08d}"
+        tmp = self.folder / f".step-{step:08d}.partial"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        with _quiet_dcp():
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
+        with atomic_file(tmp / f"rng-{self.rank:05d}.pt") as f:
+            torch.save(_rng_state(), f)
+        if self.rank == 0:
+            with atomic_file(tmp / TRAIN_STATE, "w") as f:
+                json.dump({"step": step, **train_state}, f, indent=1)
+            with atomic_file(tmp / PARAMS, "w") as f:
+                json.dump(dataclasses.asdict(args), f, indent=1)
+            for asset in assets:
+                shutil.copyfile(asset, tmp / asset.name)
+            for child in tmp.iterdir():
+                with open(child, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():  # the same step saved again after a rollback
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_dir(self.folder)
+            for _, old in self.steps()[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Restore model, optimizer and this rank's RNG in place; return the train state."""
+        try:
+            state = json.loads((path / TRAIN_STATE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path / TRAIN_STATE}: unreadable ({e})") from None
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        target = {"model": model_sd, "optimizer": optim_sd}
+        try:
+            with _quiet_dcp():
+                dcp.load(target, checkpoint_id=str(path))
+        except Exception as e:  # DCP raises several types for missing/mismatched entries
+            raise CheckpointError(f"{path}: cannot load into this model ({str(e).splitlines()[0][:200]})") from None
+        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+        rng = path / f"rng-{self.rank:05d}.pt"
+        if rng.is_file():
+            _set_rng_state(torch.load(rng, weights_only=True))
+        return state
+
+
+def read_params(path: Path) -> ModelArgs:
+    """The ModelArgs a training checkpoint was saved with."""
+    try:
+        raw = json.loads((path / PARAMS).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / PARAMS}: unreadable ({e})") from None
+    if raw.get("rope_scaling") is not None:
+        raw["rope_scaling"] = RopeScaling(**raw["rope_scaling"])
+    return ModelArgs(**raw)
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    return (path / TRAIN_STATE).is_file() and (path / ".metadata").is_file()
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,122 @@
+"""Per-step metrics: metrics.jsonl (one line per step), TensorBoard event files, and the console.
+
+MFU is model FLOPs per second (herd's FLOPs-per-token formula, attention included; see `flops_per_token`) over
+the peak matmul throughput of this machine for the training dtype, measured at start-up unless given, so the
+figure means the same on a laptop and on an H100.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from herd.fileio import atomic_file
+
+
+def measure_peak_flops(dtype: torch.dtype, device: torch.device, *, n: int = 2048, reps: int = 4) -> float:
+    """Best FLOP/s of an n x n matmul on `device` in `dtype` (a few tenths of a second)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(reps + 1):  # the first is a warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated accelerator memory, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return rss_kb / 2**20
+
+
+class MetricsLogger:
+    """Writes each step's record to metrics.jsonl and TensorBoard; shows a progress bar or periodic lines."""
+
+    def __init__(
+        self, run_dir: Path, *, total_steps: int, start_step: int, tensorboard: bool, log_interval: int
+    ) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.events_path = run_dir / "events.jsonl"
+        self.total, self.log_interval = total_steps, log_interval
+        self.truncate(start_step)
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the life of the run
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after the checkpoint it resumes from.
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(), transient=True,
+            )  # fmt: skip
+            self.task = self.bar.add_task("train", total=total_steps, completed=start_step, info="")
+            self.bar.start()
+
+    def truncate(self, step: int) -> None:
+        """Drop lines after `step` (written by a run that crashed or rolled back past them)."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            with atomic_file(self.path, "w") as f:
+                f.writelines(kept)
+
+    def reopen_at(self, step: int) -> None:
+        """After a rollback to `step`: rewrite the log as of that step and carry on appending."""
+        self.file.close()
+        self.truncate(step)
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        step = record["step"]
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"train/{key}", value, step)
+        info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif self.log_interval and (step % self.log_interval == 0 or step == self.total):
+            print(f"step {step:>6}/{self.total}  {info}  mfu {record['mfu']:.1%}", flush=True)
+
+    def event(self, record: dict[str, Any]) -> None:
+        """A recovery event (skip, rollback, resume...): events.jsonl, and always a console line."""
+        with open(self.events_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        text = f"[step {record['step']}] {record['event']}: {record['reason']}"
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        if self.writer is not None:
+            self.writer.close()
+        self.file.close()

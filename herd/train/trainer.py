@@ -1,0 +1,383 @@
+"""Pretraining: the Llama 3 recipe as a loop that reads top to bottom.
+
+`Trainer.__init__` builds, in order: run directory and determinism -> schedule (ramp, learning rate, anneal) ->
+data loader (token shards, mix weights) -> model (preset + overrides, vocabulary from the shards) -> transforms
+(activation checkpointing, compile) -> AdamW -> checkpoints (resume from the latest) -> metrics.
+`train()` runs `train_step()` until the last step; each step draws one global batch, accumulates gradients over
+micro-batches (`forward_backward`), checks them, and either applies the update or skips it.
+
+Recovery (see `_check`): a non-finite loss or gradient norm skips the update; `recovery.max_bad_steps` of them in
+a row roll back to the last checkpoint and leave the offending batches out from then on. A loss above
+`recovery.spike_factor` times its running mean is skipped or rolled back likewise. Every such event goes to
+events.jsonl and the console with its step and reason, and the run carries on by itself.
+
+The loss is a sum over target tokens divided by the batch's count of target tokens (not a mean of micro-batch
+means), so gradient accumulation and data-parallel sharding give the same update as one big batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from herd.config import to_toml
+from herd.data.loader import IGNORE_INDEX, Batch, MixLoader
+from herd.errors import TrainError
+from herd.fileio import atomic_file
+from herd.model import ModelArgs, build_model, document_mask, document_positions, flops_per_token, get_preset
+from herd.parallel import apply_activation_checkpointing, apply_compile
+from herd.train.checkpoint import CheckpointManager
+from herd.train.config import ModelSection, TrainJobConfig
+from herd.train.metrics import MetricsLogger, measure_peak_flops, peak_memory_gb
+from herd.train.schedule import Schedule, StepPlan
+
+# Running mean of the loss for spike detection: an exponential average over roughly the last 10 good steps.
+_SPIKE_EMA = 0.9
+
+
+class Trainer:
+    # core config
+    cfg: TrainJobConfig
+    run_dir: Path
+    device: torch.device
+    # components
+    loader: MixLoader
+    schedule: Schedule
+    model_args: ModelArgs
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    checkpointer: CheckpointManager
+    metrics: MetricsLogger
+    # runtime state (saved in every checkpoint)
+    step: int
+    skip_batches: set[int]
+    loss_mean: float | None
+    good_steps: int
+
+    def __init__(self, cfg: TrainJobConfig) -> None:
+        cfg.check()
+        self.cfg = cfg
+        # Data parallelism (a later issue) gives each rank its rows of the same global batch.
+        self.rank, self.world_size = 0, 1
+        self.device = _device(cfg.training.device)
+        if cfg.job.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        self.schedule = Schedule(cfg)
+        seq_lens = [s["seq_len"] for s in self.schedule.stages()]
+        chunk = cfg.data.chunk_tokens or max(seq_lens) + 1
+        self.loader = MixLoader(cfg.data.shards, weights=cfg.data.weights, seed=cfg.job.seed, chunk_tokens=chunk)
+        self.tokenizer_files = _tokenizer_files(self.loader.tokenizer)
+        self.run_dir = Path(cfg.job.dump_folder)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        self.model_args = model_args(cfg.model, vocab_size=self.loader.vocab_size, seq_len=max(seq_lens))
+        self.model = build_model(self.model_args, device=self.device, init=False)
+        torch.manual_seed(cfg.job.seed)
+        self.model.init_weights(std=cfg.model.init_std)
+        if cfg.training.activation_checkpoint:
+            apply_activation_checkpointing(self.model)
+        if cfg.training.compile:
+            apply_compile(self.model)
+        self.autocast = cfg.training.dtype == "bfloat16"
+
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, o.weight_decay, decay_norms=o.decay_norms, decay_embeddings=o.decay_embeddings),
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        )  # fmt: skip
+        # LambdaLR's epoch e is the number of updates so far; the next update is step e + 1.
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: self.schedule.lr(min(e + 1, cfg.training.steps)) / o.lr
+        )
+        self.checkpointer = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+
+        self.step, self.skip_batches, self.loss_mean, self.good_steps = 0, set(), None, 0
+        self.bad_batches: list[int] = []  # the current run of bad steps
+        self._pending_reason = ""
+        self.rollbacks = self.skipped_steps = 0
+        self.elapsed = 0.0  # training seconds before this process started (restored from checkpoints)
+        resumed_from = None
+        if cfg.checkpoint.resume and (latest := self.checkpointer.latest()) is not None:
+            self._restore(latest)
+            resumed_from = latest
+
+        with atomic_file(self.run_dir / "config.toml", "w") as f:
+            f.write(to_toml(cfg))
+        self.peak_flops = cfg.metrics.peak_tflops * 1e12 or measure_peak_flops(
+            torch.bfloat16 if self.autocast else torch.float32, self.device
+        )
+        self.metrics = MetricsLogger(
+            self.run_dir, total_steps=cfg.training.steps, start_step=self.step,
+            tensorboard=cfg.metrics.tensorboard, log_interval=cfg.metrics.log_interval,
+        )  # fmt: skip
+        if resumed_from is not None:
+            self._event("resume", f"from {resumed_from}")
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        start, start_step = time.perf_counter(), self.step
+        last_saved = self.step if self.checkpointer.latest() is not None else -1
+        recent: list[float] = []
+        try:
+            while self.step < self.cfg.training.steps:
+                record = self.train_step()
+                if record is None:  # rolled back
+                    last_saved = self.step
+                    continue
+                if not record.get("skipped"):
+                    recent = [*recent[-9:], record["loss"]]
+                interval = self.cfg.checkpoint.interval
+                if interval and self.step % interval == 0:
+                    self.save()
+                    last_saved = self.step
+            if last_saved != self.step:
+                self.save()
+        finally:
+            self.metrics.close()
+        wall = time.perf_counter() - start
+        tokens = self.schedule.total_tokens - self.schedule.tokens_before(start_step + 1)
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": self.step,
+            "tokens": self.schedule.total_tokens,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "final_loss": recent[-1] if recent else float("nan"),
+            "final_loss_mean10": sum(recent) / len(recent) if recent else float("nan"),
+            "seconds": round(wall, 1),
+            "tokens_per_s": round(tokens / wall) if wall else 0,
+            "skipped_steps": self.skipped_steps,
+            "rollbacks": self.rollbacks,
+            "checkpoint": str(self.checkpointer.latest()),
+        }
+
+    def train_step(self) -> dict[str, Any] | None:
+        """One optimizer step; the metrics record, or None when it rolled back instead."""
+        plan = self.schedule.at(self.step + 1)
+        t0 = time.perf_counter()
+        if plan.phase == "anneal" and self.cfg.anneal.weights and self.loader.weights != self._anneal_weights():
+            self.loader.set_weights(self.cfg.anneal.weights)
+            self._event("anneal", f"learning rate to 0 over the last {self.cfg.anneal.tokens} tokens; mix "
+                        + ", ".join(f"{k}={v:.2f}" for k, v in self.loader.weights.items()))  # fmt: skip
+        batch = self._next_batch(plan)
+        num_targets = batch.num_targets
+        scale = self.cfg.faults.spike_scale if batch.index in self.cfg.faults.spike_batches else 1.0
+        local = batch.shard(self.rank, self.world_size)
+        micro_tokens = self.cfg.training.micro_batch_tokens or plan.batch_tokens // self.world_size
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for micro in local.split(micro_tokens // plan.seq_len):
+            loss_sum += self.forward_backward(micro, num_targets, scale)
+        if batch.index in self.cfg.faults.nan_grad_batches:
+            next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+
+        loss = loss_sum.item() / max(num_targets, 1)
+        clip = self.cfg.optim.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True).item()
+        verdict = self._check(loss, grad_norm, batch)
+        if verdict is None:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if verdict == "rollback":
+            self._rollback()
+            return None
+        self.lr_scheduler.step()
+        self.step += 1
+        dt = time.perf_counter() - t0
+        self.elapsed += dt
+        flops = flops_per_token(self.model_args, plan.seq_len)["train"] * plan.batch_tokens
+        record = {
+            "step": self.step,
+            "loss": loss,
+            "lr": plan.lr,
+            "grad_norm": grad_norm,
+            "tokens": plan.tokens_before + plan.batch_tokens,
+            "tokens_per_s": plan.batch_tokens / dt,
+            "mfu": flops / dt / self.world_size / self.peak_flops,
+            "mem_gb": round(peak_memory_gb(self.device), 3),
+            "seq_len": plan.seq_len,
+            "batch_tokens": plan.batch_tokens,
+            "phase": plan.phase,
+            "step_s": dt,
+        }
+        if verdict is not None:
+            record["skipped"] = verdict
+        self.metrics.log(record)
+        return record
+
+    def forward_backward(self, micro: Batch, num_targets: int, scale: float = 1.0) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its summed loss (detached)."""
+        tokens = micro.tokens.to(self.device)
+        targets = micro.targets.to(self.device)
+        doc_ids = micro.doc_ids.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(tokens, positions_BT=document_positions(doc_ids), mask=document_mask(doc_ids))
+        loss_sum = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        if scale != 1.0:  # an injected loss spike
+            loss_sum = loss_sum * scale
+        (loss_sum / max(num_targets, 1)).backward()
+        return loss_sum.detach().double()
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _check(self, loss: float, grad_norm: float, batch: Batch) -> str | None:
+        """None to apply the update, else why it is skipped ("rollback" to roll back instead)."""
+        r = self.cfg.recovery
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.bad_batches.append(batch.index)
+            self.skipped_steps += 1
+            reason = f"non-finite loss {loss} or gradient norm {grad_norm} on batch {batch.index}"
+            if len(self.bad_batches) >= r.max_bad_steps:
+                return self._rollback_or_skip(f"{len(self.bad_batches)} bad steps in a row ({reason})")
+            self._event("skip", f"{reason}: update skipped")
+            return "non-finite"
+        warm = self.loss_mean is not None and self.good_steps >= r.spike_warmup
+        if r.spike_factor and warm and loss > r.spike_factor * self.loss_mean:
+            reason = f"loss {loss:.4f} > {r.spike_factor} x running mean {self.loss_mean:.4f} on batch {batch.index}"
+            self.skipped_steps += 1
+            if r.spike_action == "rollback":
+                self.bad_batches.append(batch.index)
+                return self._rollback_or_skip(f"loss spike ({reason})")
+            self._event("skip", f"loss spike: {reason}: update skipped")
+            return "spike"
+        self.bad_batches = []
+        self.good_steps += 1
+        self.loss_mean = loss if self.loss_mean is None else _SPIKE_EMA * self.loss_mean + (1 - _SPIKE_EMA) * loss
+        return None
+
+    def _rollback_or_skip(self, reason: str) -> str:
+        if self.checkpointer.latest() is None:
+            # Nothing to go back to; the bad updates were skipped, so the weights are still the last good ones.
+            self._event("skip", f"{reason}: no checkpoint to roll back to yet, update skipped")
+            return "no-checkpoint"
+        self._pending_reason = reason
+        return "rollback"
+
+    def _rollback(self) -> None:
+        """Back to the latest checkpoint; the batches of the bad run of steps are left out from now on."""
+        reason, bad = self._pending_reason, sorted(self.bad_batches)
+        self.rollbacks += 1
+        if self.rollbacks > self.cfg.recovery.max_rollbacks:
+            raise TrainError(f"step {self.step + 1}: {reason}; gave up after {self.cfg.recovery.max_rollbacks} "
+                             "rollbacks (recovery.max_rollbacks)")  # fmt: skip
+        self.skip_batches.update(bad)
+        self.bad_batches = []
+        failed_at, skipped = self.step + 1, self.skipped_steps
+        self._restore(self.checkpointer.latest())
+        self.skipped_steps = skipped  # a count of events, not part of the trajectory
+        self.metrics.reopen_at(self.step)
+        self._event("rollback", f"{reason} at step {failed_at}; back to step {self.step}, leaving out batches {bad}")
+
+    def _next_batch(self, plan: StepPlan) -> Batch:
+        while True:
+            batch = self.loader.next_batch(plan.batch_tokens // plan.seq_len, plan.seq_len)
+            if batch.index not in self.skip_batches:
+                return batch
+
+    def _anneal_weights(self) -> dict[str, float]:
+        total = sum(self.cfg.anneal.weights.values())
+        return {n: self.cfg.anneal.weights.get(n, 0.0) / total for n in self.loader.names}
+
+    def _event(self, event: str, reason: str) -> None:
+        self.metrics.event({"step": self.step, "event": event, "reason": reason, "time": time.time()})
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def train_state(self) -> dict[str, Any]:
+        return {
+            "tokens": self.schedule.tokens_before(self.step + 1),
+            "loader": self.loader.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "skip_batches": sorted(self.skip_batches),
+            "loss_mean": self.loss_mean,
+            "good_steps": self.good_steps,
+            "skipped_steps": self.skipped_steps,
+            "elapsed": self.elapsed,
+            "tokenizer": self.loader.tokenizer,
+        }
+
+    def save(self) -> Path:
+        return self.checkpointer.save(
+            self.step, model=self.model, optimizer=self.optimizer, train_state=self.train_state(),
+            args=self.model_args, assets=self.tokenizer_files,
+        )  # fmt: skip
+
+    def _restore(self, path: Path) -> None:
+        state = self.checkpointer.load(path, model=self.model, optimizer=self.optimizer)
+        self.step = int(state["step"])
+        self.loader.load_state_dict(state["loader"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.skip_batches |= set(state["skip_batches"])
+        self.loss_mean, self.good_steps = state["loss_mean"], state["good_steps"]
+        self.skipped_steps, self.elapsed = state["skipped_steps"], state["elapsed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def model_args(section: ModelSection, *, vocab_size: int, seq_len: int) -> ModelArgs:
+    """The preset with the section's overrides; the vocabulary comes from the shards' tokenizer."""
+    changes = {
+        k: getattr(section, k)
+        for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim_multiplier", "multiple_of", "rope_theta",
+                  "tie_embeddings", "max_seq_len")
+        if getattr(section, k) is not None
+    }  # fmt: skip
+    changes.setdefault("max_seq_len", seq_len)
+    if changes["max_seq_len"] < seq_len:
+        raise TrainError(f"model.max_seq_len={changes['max_seq_len']} is shorter than the schedule's seq_len {seq_len}")
+    return get_preset(section.preset).replace(vocab_size=vocab_size, **changes)
+
+
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, *, decay_norms: bool, decay_embeddings: bool
+) -> list[dict[str, Any]]:
+    """Weight decay on matrices; norms and embeddings only when asked (a tied output counts as the embedding)."""
+    embedding = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():  # parameters() yields a tied weight once
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        is_norm = p.ndim < 2
+        skip = (is_norm and not decay_norms) or (id(p) in embedding and not decay_embeddings)
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError("training.device=cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _tokenizer_files(identity: dict[str, Any]) -> list[Path]:
+    """The tokenizer files the shards were packed with, checked against the hashes in the pack manifest."""
+    spec = identity.get("spec", "llama3")
+    if spec == "llama3":
+        from herd.tokenizer.llama3 import packaged_model_path
+
+        base = packaged_model_path().parent
+    else:
+        base = Path(spec) if Path(spec).is_dir() else Path(spec).parent
+    files = []
+    for name, digest in identity.get("files_sha256", {}).items():
+        path = base / name
+        if not path.is_file():
+            raise TrainError(f"{path}: the tokenizer the shards were packed with is gone (pack manifest: {spec})")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise TrainError(f"{path}: changed since the shards were packed with it; re-pack or restore the file")
+        files.append(path)
+    return files
