@@ -157,6 +157,8 @@ class MixLoader:
         self.names = list(self.sources)
         self.rng = np.random.default_rng(seed)
         self.batches = 0
+        self.drawn = dict.fromkeys(self.names, 0)
+        """Tokens taken from each source so far: the mix as it happened."""
         self.set_weights(weights or {})
 
     def set_weights(self, weights: dict[str, float]) -> None:
@@ -177,8 +179,9 @@ class MixLoader:
         for r in range(rows):
             filled, doc = 0, 0
             while filled < seq_len + 1:
-                source = self.sources[self.names[self.rng.choice(len(self.names), p=self._p)]]
-                piece = source.take(seq_len + 1 - filled)
+                name = self.names[self.rng.choice(len(self.names), p=self._p)]
+                piece = self.sources[name].take(seq_len + 1 - filled)
+                self.drawn[name] += len(piece)
                 row_tokens[r, filled : filled + len(piece)] = piece
                 row_docs[r, filled : filled + len(piece)] = doc
                 filled, doc = filled + len(piece), doc + 1
@@ -195,6 +198,7 @@ class MixLoader:
             "batches": self.batches,
             "rng": self.rng.bit_generator.state,
             "weights": self.weights,
+            "drawn": self.drawn,
             "sources": {n: s.state_dict() for n, s in self.sources.items()},
         }
 
@@ -206,6 +210,7 @@ class MixLoader:
         self.batches = int(state["batches"])
         self.rng.bit_generator.state = state["rng"]
         self.set_weights(state["weights"])
+        self.drawn = {n: int(state["drawn"][n]) for n in self.names}
         for n, s in state["sources"].items():
             self.sources[n].load_state_dict(s)
 

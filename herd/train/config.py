@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from herd.config import ConfigError
+from herd.model import PRESETS
 
 
 @dataclass(kw_only=True, slots=True)
@@ -179,6 +180,8 @@ class TrainJobConfig:
         _choice("training.device", t.device, ("auto", "cpu", "cuda"))
         _choice("lr_schedule.decay", s.decay, ("cosine", "linear", "constant"))
         _choice("recovery.spike_action", self.recovery.spike_action, ("skip", "rollback"))
+        if self.model.preset not in PRESETS:
+            raise ConfigError(f"model.preset={self.model.preset!r}: unknown; presets are {', '.join(PRESETS)}")
         if not self.data.shards:
             raise ConfigError("data.shards: no shard directories given (write them with `herd data pack`)")
         if o.lr <= 0:

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from herd.checkpoint import read_checkpoint
+from herd.cli import main
+from herd.errors import CheckpointError
+from herd.inference.loader import load_pretrained
+from herd.train.average import average_to, read_weights
+from herd.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_shards, tmp_path_factory):
+    from herd.config import load
+    from herd.train.config import TrainJobConfig
+
+    run = tmp_path_factory.mktemp("avg") / "run"
+    cfg = load(TrainJobConfig, None, [
+        f"job.dump_folder='{run}'", f"data.shards=['{synthetic_shards}']", "model.dim=32", "model.n_layers=2",
+        "model.n_heads=4", "model.n_kv_heads=2", "training.steps=20", "training.seq_len=32",
+        "training.batch_tokens=256", "lr_schedule.warmup_steps=2", "checkpoint.interval=10",
+        "metrics.tensorboard=false", "metrics.peak_tflops=1.0", "metrics.log_interval=0",
+    ])  # fmt: skip
+    Trainer(cfg).train()
+    return run
+
+
+def test_average_is_the_elementwise_mean_and_loads_for_generation(trained_run, tmp_path, capsys) -> None:
+    steps = [trained_run / "checkpoints" / f"step-{s:08d}" for s in (10, 20)]
+    out = tmp_path / "avg"
+    assert main(["ckpt", "average", *map(str, steps), "--out", str(out)]) == 0
+    assert "averaged 2 checkpoints" in capsys.readouterr().out
+    (_, a), (_, b) = read_weights(steps[0]), read_weights(steps[1])
+    assert not torch.equal(a["layers.0.attention.wq.weight"], b["layers.0.attention.wq.weight"])
+    averaged = read_checkpoint(out)
+    assert averaged.format == "meta"
+    for name, tensor in averaged.state_dict.items():
+        torch.testing.assert_close(tensor, (a[name] + b[name]) / 2, rtol=0, atol=1e-7)
+    loaded = load_pretrained(str(out))  # tokenizer.model came along from the training checkpoint
+    assert loaded.tokenizer.vocab_size == loaded.model.args.vocab_size
+    ids = loaded.tokenizer.encode("amber basil", bos=True)
+    assert loaded.model(torch.tensor([ids])).shape[-1] == loaded.model.args.vocab_size
+
+
+def test_one_checkpoint_exports_unchanged_and_mismatched_shapes_are_refused(trained_run, tmp_path) -> None:
+    step = trained_run / "checkpoints" / "step-00000020"
+    average_to([step], tmp_path / "hf", to="hf")
+    exported = read_checkpoint(tmp_path / "hf")
+    for name, tensor in read_weights(step)[1].items():
+        assert torch.equal(exported.state_dict[name], tensor)
+    other = tmp_path / "other"
+    average_to([step], other, to="meta")
+    ckpt = read_checkpoint(other)
+    ckpt.args = ckpt.args.replace(n_layers=1)
+    ckpt.state_dict = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("layers.1.")}
+    from herd.checkpoint import write_checkpoint
+
+    write_checkpoint(tmp_path / "shallow", ckpt, "meta")
+    with pytest.raises(CheckpointError, match="shape differs"):
+        average_to([step, tmp_path / "shallow"], tmp_path / "bad")
