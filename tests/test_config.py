@@ -59,3 +59,14 @@ def test_shipped_configs_load() -> None:
     root = Path(__file__).parents[1] / "configs"
     job = load(DataJobConfig, root / "data" / "curate.toml")
     assert job.curate == CurateConfig(input=["runs/corpus/raw"])  # the file spells out the defaults
+
+
+def test_shipped_pretrain_configs_load_and_pass_their_checks() -> None:
+    from herd.train.config import TrainJobConfig
+    from herd.train.schedule import Schedule
+
+    for path in sorted((Path(__file__).parents[1] / "configs" / "pretrain").glob("*.toml")):
+        cfg = load(TrainJobConfig, path)
+        cfg.check()
+        schedule = Schedule(cfg)
+        assert schedule.anneal_start <= cfg.training.steps, path  # each shipped recipe ends with an anneal
