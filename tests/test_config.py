@@ -62,6 +62,8 @@ def test_shipped_configs_load() -> None:
 
 
 def test_shipped_pretrain_configs_load_and_pass_their_checks() -> None:
+    from pathlib import Path
+
     from herd.train.config import TrainJobConfig
     from herd.train.schedule import Schedule
 

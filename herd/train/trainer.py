@@ -18,6 +18,7 @@ means), so gradient accumulation and data-parallel sharding give the same update
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -104,10 +105,12 @@ class Trainer:
         self._pending_reason = ""
         self.rollbacks = self.skipped_steps = 0
         self.elapsed = 0.0  # training seconds before this process started (restored from checkpoints)
-        resumed_from = None
-        if cfg.checkpoint.resume and (latest := self.checkpointer.latest()) is not None:
-            self._restore(latest)
-            resumed_from = latest
+        resumed_from = self.checkpointer.latest()
+        if resumed_from is not None and not cfg.checkpoint.resume:
+            raise TrainError(f"{self.run_dir} holds checkpoints of an earlier run and checkpoint.resume is false; "
+                             "choose a new job.dump_folder")  # fmt: skip
+        if resumed_from is not None:
+            self._restore(resumed_from)
 
         with atomic_file(self.run_dir / "config.toml", "w") as f:
             f.write(to_toml(cfg))
@@ -126,15 +129,11 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         start, start_step = time.perf_counter(), self.step
         last_saved = self.step if self.checkpointer.latest() is not None else -1
-        recent: list[float] = []
         try:
             while self.step < self.cfg.training.steps:
-                record = self.train_step()
-                if record is None:  # rolled back
+                if self.train_step() is None:  # rolled back to a checkpoint
                     last_saved = self.step
                     continue
-                if not record.get("skipped"):
-                    recent = [*recent[-9:], record["loss"]]
                 interval = self.cfg.checkpoint.interval
                 if interval and self.step % interval == 0:
                     self.save()
@@ -144,6 +143,8 @@ class Trainer:
         finally:
             self.metrics.close()
         wall = time.perf_counter() - start
+        lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+        recent = [r["loss"] for r in map(json.loads, lines) if not r.get("skipped")][-10:]
         tokens = self.schedule.total_tokens - self.schedule.tokens_before(start_step + 1)
         return {
             "run_dir": str(self.run_dir),

@@ -141,6 +141,11 @@ def test_herd_train_prints_a_summary_and_resumes_a_finished_run_as_a_no_op(synth
     assert "8 steps, 1,024 tokens" in out and "done: 8 steps" in out and "final loss" in out
     assert "[checkpoint]\ninterval = 4" in (tmp_path / "run" / "config.toml").read_text()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
+    final = out.split("final loss ")[1].split(" ")[0]
     assert main(["train", "--config", str(config)]) == 0  # everything done: resumes at the end, trains nothing
-    assert "resuming at step 8" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "resuming at step 8" in again and f"final loss {final}" in again
     assert len(metrics(tmp_path / "run")) == 8
+    # Starting over in a directory that holds a run is refused rather than overwriting it.
+    assert main(["train", "--config", str(config), "--checkpoint.resume=false"]) == 1
+    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
