@@ -319,31 +319,37 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     cfg = load(TrainJobConfig, a.config, a.overrides)
     trainer = Trainer(cfg)
+    # Under torchrun every rank trains; rank 0 speaks.
+    say = print if trainer.rank == 0 else (lambda *_, **__: None)
     n = count_params(trainer.model_args)
     ma = trainer.model_args
-    print(
+    say(
         f"herd train: {n['total'] / 1e6:.2f}M parameters (dim {ma.dim}, {ma.n_layers} layers, {ma.n_heads} heads, "
-        f"{ma.n_kv_heads} kv heads, vocab {ma.vocab_size}) on {trainer.device}, {cfg.training.dtype}"
+        f"{ma.n_kv_heads} kv heads, vocab {ma.vocab_size}) on {trainer.device} ({trainer.dims.describe()}), "
+        f"{cfg.training.dtype}"
     )
     s = trainer.schedule
     stages = ", ".join(f"{st['batch_tokens']:,} tokens x {st['seq_len']} from step {st['step']}" for st in s.stages())
     anneal = f", anneal from step {s.anneal_start}" if s.anneal_start <= cfg.training.steps else ""
-    print(f"  {cfg.training.steps} steps, {s.total_tokens:,} tokens: batches of {stages}{anneal}")
+    say(f"  {cfg.training.steps} steps, {s.total_tokens:,} tokens: batches of {stages}{anneal}")
     mix = ", ".join(f"{k} {v:.0%}" for k, v in trainer.loader.weights.items())
-    print(f"  data: {', '.join(cfg.data.shards)} ({mix}); run directory {trainer.run_dir}")
+    say(f"  data: {', '.join(cfg.data.shards)} ({mix}); run directory {trainer.run_dir}")
     if trainer.step:
-        print(f"  resuming at step {trainer.step}")
+        say(f"  resuming at step {trainer.step}")
     summary = trainer.train()
-    print(
+    say(
         f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']}s "
         f"({summary['tokens_per_s']:,} tok/s); final loss {summary['final_loss']:.4f} "
         f"(mean of last 10: {summary['final_loss_mean10']:.4f})"
     )
+    say(f"  effective training time {summary['effective_training_time']:.1%} (steps that count / wall time "
+        "since the first launch)")  # fmt: skip
     if summary["skipped_steps"] or summary["rollbacks"]:
-        print(f"  recovery: {summary['skipped_steps']} steps skipped, {summary['rollbacks']} rollbacks "
-              f"(see {trainer.run_dir / 'events.jsonl'})")  # fmt: skip
-    print(f"  checkpoint {summary['checkpoint']}; metrics {trainer.run_dir / 'metrics.jsonl'}")
-    print(f"  export: herd ckpt average {summary['checkpoint']} --out {trainer.run_dir / 'model'}")
+        say(f"  recovery: {summary['skipped_steps']} steps skipped, {summary['rollbacks']} rollbacks "
+            f"(see {trainer.run_dir / 'events.jsonl'})")  # fmt: skip
+    say(f"  checkpoint {summary['checkpoint']}; metrics {trainer.run_dir / 'metrics.jsonl'}")
+    say(f"  export: herd ckpt average {summary['checkpoint']} --out {trainer.run_dir / 'model'}")
+    trainer.shutdown()
 
 
 def cmd_ckpt_average(a: argparse.Namespace) -> None:
@@ -399,6 +405,8 @@ def cmd_model_info(a: argparse.Namespace) -> None:
         "flops_per_token": {"forward": flops["forward"], "train": flops["train"], "seq_len": seq_len},
         "args": dataclasses.asdict(args),
     }
+    plan = _parallel_plan(a, args, seq_len)
+    info.update(plan)
     if a.json:
         print(json.dumps(info))
         return
@@ -408,6 +416,86 @@ def cmd_model_info(a: argparse.Namespace) -> None:
     print(f"  FLOPs/token       forward {flops['forward']:.4g}, train {flops['train']:.4g} (seq_len {seq_len})")
     for k, v in info["args"].items():
         print(f"  {k:17s} {v}")
+    if "memory" in plan:
+        _print_plan(plan)
+
+
+_PARALLEL_FLAGS = ("tp", "pp", "dp_shard", "dp_replicate", "gpus")
+_STEP_FLAGS = ("peak_tflops", "mfu", "batch_tokens", "train_tokens")
+
+
+def _parallel_plan(a: argparse.Namespace, args, seq_len: int) -> dict:
+    """Memory per device (and step time) for the layout the flags give; empty when no parallel flag is given."""
+    from herd.parallel.dims import ParallelDims
+    from herd.parallel.memory import estimate_memory, step_time
+
+    if all(getattr(a, k) is None for k in _PARALLEL_FLAGS):
+        return {}
+    sizes = {"tp": a.tp or 1, "pp": a.pp or 1, "dp_replicate": a.dp_replicate or 1}
+    if a.dp_shard is not None:
+        sizes["dp_shard"] = a.dp_shard
+    elif a.gpus is None:
+        sizes["dp_shard"] = 1
+    world = a.gpus or sizes["tp"] * sizes["pp"] * sizes["dp_replicate"] * sizes["dp_shard"]
+    dims = ParallelDims(world_size=world, **sizes)
+    memory = estimate_memory(
+        args,
+        dims,
+        seq_len=seq_len,
+        micro_batch=a.micro_batch,
+        activation_checkpoint=a.activation_checkpoint,
+        attention_scores=a.attention_scores,
+        reshard_after_forward=not a.no_reshard_after_forward,
+    )
+    plan = {"memory": memory}
+    if any(getattr(a, k) is not None for k in _STEP_FLAGS):
+        plan["step_time"] = step_time(
+            args,
+            dims,
+            seq_len=seq_len,
+            global_batch_tokens=a.batch_tokens or dims.dp * a.micro_batch * seq_len * dims.pp,
+            peak_flops_per_device=(a.peak_tflops or 989.0) * 1e12,
+            mfu=a.mfu or 0.4,
+            micro_batch=a.micro_batch,
+            virtual_stages=a.virtual_stages,
+            train_tokens=a.train_tokens,
+        )
+    return plan
+
+
+def _print_plan(plan: dict) -> None:
+    m = plan["memory"]
+    asm = m["assumptions"]
+    layout = " x ".join(f"{k} {v}" for k, v in asm["layout"].items())
+    print(
+        f"memory per device: {layout} = {asm['world_size']:,} devices; seq_len {asm['seq_len']}, micro-batch "
+        f"{asm['micro_batch']}, activation checkpoint {asm['activation_checkpoint']}, "
+        f"reshard after forward {asm['reshard_after_forward']}"
+    )
+    print(
+        f"  largest: stage {m['stage']} of {len(m['layers_per_stage'])} ({m['stage_layers']} layers, "
+        f"{m['microbatches_in_flight']} micro-batches in flight), {m['params_per_device']:,} parameters"
+    )
+    for part, gib in m["gib"].items():
+        print(f"  {part:17s} {gib:9.2f} GiB")
+    if s := plan.get("step_time"):
+        print(
+            f"step time: {s['flops_per_step']:.4g} FLOPs per step of {s['microbatches']} micro-batches per "
+            f"data-parallel rank, at {s['achieved_flops_per_device'] / 1e12:.1f} TFLOP/s per device"
+        )
+        print(
+            f"  {s['seconds_per_step']:.3f} s/step, {s['tokens_per_s']:,.0f} tokens/s "
+            f"({s['tokens_per_s_per_device']:,.1f} per device)"
+        )
+        print(
+            f"  pipeline bubble {s['bubble_fraction']:.1%} (1F1B, {s['virtual_stages']} model chunk(s) per device); "
+            f"MFU while busy {s['busy_mfu']:.1%}"
+        )
+        if "days" in s:
+            print(
+                f"  {s['train_tokens']:.4g} tokens: {s['steps']:,} steps, {s['days']:.1f} days, "
+                f"{s['train_flops']:.3g} FLOPs"
+            )
 
 
 def _args_for(name: str):
@@ -522,6 +610,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", nargs="?", default=None, help="preset, embedded model or checkpoint path (omit to list)")
     q.add_argument("--json", action="store_true")
     q.add_argument("--seq-len", type=int, default=None, help="context length for attention FLOPs (default 8192)")
+    g = q.add_argument_group("memory per device (any of --tp, --pp, --dp-shard, --dp-replicate, --gpus)")
+    g.add_argument("--tp", type=int, default=None, help="tensor-parallel ranks (default 1)")
+    g.add_argument("--pp", type=int, default=None, help="pipeline stages (default 1)")
+    g.add_argument("--dp-shard", type=int, default=None, help="FSDP shards (default: what --gpus leaves, else 1)")
+    g.add_argument("--dp-replicate", type=int, default=None, help="whole-model replicas (default 1)")
+    g.add_argument("--gpus", type=int, default=None, help="world size (default: product of the sizes)")
+    g.add_argument("--micro-batch", type=int, default=1, help="sequences per forward/backward")
+    g.add_argument("--activation-checkpoint", choices=["none", "selective", "full"], default="selective")
+    g.add_argument("--attention-scores", action="store_true", help="attention keeps its s^2 scores (no flash/SDPA)")
+    g.add_argument("--no-reshard-after-forward", action="store_true", help="FSDP keeps a stage's gathered weights")
+    g = q.add_argument_group("step time (any of these; defaults 989 TFLOP/s, MFU 0.4, pp micro-batches per rank)")
+    g.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak per device (H100 SXM: 989)")
+    g.add_argument("--mfu", type=float, default=None, help="model-FLOPs utilization, e.g. 0.4")
+    g.add_argument("--batch-tokens", type=int, default=None, help="global batch in tokens per optimizer step")
+    g.add_argument("--virtual-stages", type=int, default=1, help="interleaved 1F1B chunks per device")
+    g.add_argument("--train-tokens", type=float, default=None, help="training tokens, for days and total FLOPs")
     q.set_defaults(func=cmd_model_info)
     return parser
 

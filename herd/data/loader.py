@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from herd.data.pack import MANIFEST
+from herd.data.pack import MANIFEST, TOKENIZER_DIR
 from herd.data.shards import Shard
 from herd.errors import DataError
 
@@ -142,6 +142,8 @@ class MixLoader:
             raise DataError("data.shards is empty: give the directories `herd data pack` wrote")
         shards: dict[str, list[Shard]] = {}
         self.tokenizer: dict[str, Any] | None = None
+        self.tokenizer_dir = Path(pack_dirs[0]) / TOKENIZER_DIR
+        """The copy of the tokenizer files that `herd data pack` keeps beside the shards."""
         for d in pack_dirs:
             manifest = _read_manifest(Path(d))
             identity = {k: v for k, v in manifest["tokenizer"].items() if k != "spec"}

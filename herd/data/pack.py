@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from herd.fileio import atomic_dir
 from herd.tokenizer import Tokenizer, load_tokenizer
 
 MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
 PACK_VERSION = 1
 
 
@@ -111,6 +113,13 @@ def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
             "skipped": {"count": len(skipped), "first": skipped[:20]},
             "seconds": round(time.perf_counter() - start, 2),
         }
+        # The shards are useless without their tokenizer: keep a copy beside them, which the trainer reads. A
+        # tokenizer inside a model's GGUF file is left where it is rather than copying the weights along.
+        files = tokenizer_files(cfg.tokenizer, tokenizer)
+        if all(p.suffix != ".gguf" for p in files):
+            (tmp / TOKENIZER_DIR).mkdir()
+            for path in files:
+                shutil.copyfile(path, tmp / TOKENIZER_DIR / path.name)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return _with_mix(manifest, cfg)
 
@@ -124,19 +133,22 @@ def _with_mix(manifest: dict[str, Any], cfg: PackConfig) -> dict[str, Any]:
     return manifest
 
 
-def tokenizer_identity(spec: str, tokenizer: Tokenizer) -> dict[str, Any]:
-    """What a trainer must match: the tokenizer's files (by hash), size and special ids."""
+def tokenizer_files(spec: str, tokenizer: Tokenizer) -> list[Path]:
+    """The files that make up the tokenizer `spec` names."""
     from herd.tokenizer import Llama3Tokenizer
 
     if isinstance(tokenizer, Llama3Tokenizer):
-        files = [tokenizer.path]
-    else:
-        path = Path(spec)
-        files = [path] if path.is_file() else sorted(p for p in path.glob("tokenizer*") if p.is_file())
+        return [Path(tokenizer.path)]
+    path = Path(spec)
+    return [path] if path.is_file() else sorted(p for p in path.glob("tokenizer*") if p.is_file())
+
+
+def tokenizer_identity(spec: str, tokenizer: Tokenizer) -> dict[str, Any]:
+    """What a trainer must match: the tokenizer's files (by hash), size and special ids."""
     return {
         "spec": spec,
         "kind": type(tokenizer).__name__,
-        "files_sha256": {p.name: _sha256(p) for p in files},
+        "files_sha256": {p.name: _sha256(p) for p in tokenizer_files(spec, tokenizer)},
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,

@@ -137,9 +137,10 @@ class Attention(nn.Module):
         cache_pos: int | None,
     ) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        q_BTNH = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim)
-        k_BTKH = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim)
-        v_BTKH = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim)
+        # Heads are inferred (-1): under tensor parallelism each rank holds n_heads / tp of them.
+        q_BTNH = self.wq(x_BTD).view(B, T, -1, self.head_dim)
+        k_BTKH = self.wk(x_BTD).view(B, T, -1, self.head_dim)
+        v_BTKH = self.wv(x_BTD).view(B, T, -1, self.head_dim)
         q_BTNH, k_BTKH = apply_rope(q_BTNH, cos_BTP, sin_BTP), apply_rope(k_BTKH, cos_BTP, sin_BTP)
 
         q, k, v = q_BTNH.transpose(1, 2), k_BTKH.transpose(1, 2), v_BTKH.transpose(1, 2)
@@ -149,9 +150,9 @@ class Attention(nn.Module):
         # token after the cache sees every cached key.
         is_causal = mask is None and T > 1
         out_BNTH = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_heads != self.n_kv_heads
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=q.shape[1] != k.shape[1]
         )
-        return self.wo(out_BNTH.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return self.wo(out_BNTH.transpose(1, 2).reshape(B, T, -1))
 
 
 class FeedForward(nn.Module):

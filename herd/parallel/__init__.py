@@ -1,5 +1,7 @@
-"""Transforms applied to a plain model from outside: activation checkpointing and compile (FSDP/TP/PP next)."""
+"""Parallelism applied to a plain model from outside: the mesh, FSDP2, tensor parallel, activation checkpointing
+and compile (herd/parallel/parallelize.py), and the process-group plumbing (herd/parallel/distributed.py)."""
 
-from herd.parallel.parallelize import apply_activation_checkpointing, apply_compile
+from herd.parallel.dims import ParallelDims, ParallelError
+from herd.parallel.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp, apply_tp
 
-__all__ = ["apply_activation_checkpointing", "apply_compile"]
+__all__ = ["ParallelDims", "ParallelError", "apply_activation_checkpointing", "apply_compile", "apply_fsdp", "apply_tp"]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -48,8 +49,14 @@ def _quiet_dcp() -> Iterator[None]:
 
 
 class CheckpointManager:
-    def __init__(self, folder: str | Path, *, keep_last: int, rank: int = 0) -> None:
-        self.folder, self.keep_last, self.rank = Path(folder), keep_last, rank
+    """Saves and loads steps; under torchrun every rank calls `save`/`load` (DCP is collective), rank 0 commits."""
+
+    def __init__(self, folder: str | Path, *, keep_last: int, rank: int = 0, distributed: bool = False) -> None:
+        self.folder, self.keep_last, self.rank, self.distributed = Path(folder), keep_last, rank, distributed
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
 
     def steps(self) -> list[tuple[int, Path]]:
         """Committed checkpoints, oldest first."""
@@ -77,11 +84,13 @@ class CheckpointManager:
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        self._barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
         with _quiet_dcp():
             dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
         with atomic_file(tmp / f"rng-{self.rank:05d}.pt") as f:
             torch.save(_rng_state(), f)
+        self._barrier()  # every rank's files are on disk before rank 0 commits the step
         if self.rank == 0:
             with atomic_file(tmp / TRAIN_STATE, "w") as f:
                 json.dump({"step": step, **train_state}, f, indent=1)
@@ -98,6 +107,7 @@ class CheckpointManager:
             fsync_dir(self.folder)
             for _, old in self.steps()[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
         return final
 
     def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -115,7 +125,7 @@ class CheckpointManager:
             raise CheckpointError(f"{path}: cannot load into this model ({str(e).splitlines()[0][:200]})") from None
         set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
         rng = path / f"rng-{self.rank:05d}.pt"
-        if rng.is_file():
+        if rng.is_file():  # absent when resuming on more ranks than the checkpoint was saved from
             _set_rng_state(torch.load(rng, weights_only=True))
         return state
 

@@ -107,6 +107,26 @@ class TrainingSection:
 
 
 @dataclass(kw_only=True, slots=True)
+class ParallelSection:
+    """The mesh under torchrun (see herd/parallel/dims.py); one process ignores it."""
+
+    dp_replicate: int = 1
+    """Whole-model replicas (HSDP with dp_shard); 2 or more enables the silent-data-corruption check."""
+    dp_shard: int = -1
+    """FSDP2 shards; -1 fills what the other axes leave of the world size."""
+    tp: int = 1
+    """Tensor parallel (DTensor plans for attention and MLP, sequence parallel on the norms)."""
+    pp: int = 1
+    """Pipeline stages (not yet available: must be 1)."""
+    reshard_after_forward: bool = True
+    """FSDP2 frees gathered parameters after each block's forward (less memory, one more all-gather)."""
+    sdc_check_interval: int = 0
+    """Every this many steps, data-parallel replicas compare parameter checksums. 0 = off."""
+    watchdog_timeout: float = 0.0
+    """Seconds a step may take before every rank dumps its stacks and exits for torchrun to restart. 0 = off."""
+
+
+@dataclass(kw_only=True, slots=True)
 class AnnealSection:
     tokens: int = 0
     """Anneal over the last this many tokens: learning rate linearly to 0 (Llama 3: the final 40M). 0 = off."""
@@ -156,6 +176,14 @@ class FaultsSection:
     spike_batches: list[int] = field(default_factory=list)
     """Multiply the loss (and so the gradients) of these batches by spike_scale."""
     spike_scale: float = 100.0
+    kill_at_step: int = 0
+    """SIGKILL rank kill_rank at the start of this step (first launch only, not after a torchrun restart)."""
+    kill_rank: int = 0
+    corrupt_at_step: int = 0
+    """Add noise to one parameter of rank corrupt_rank after this step (a silent data corruption)."""
+    corrupt_rank: int = 0
+    hang_at_step: int = 0
+    """Rank kill_rank sleeps at the start of this step, for the watchdog to catch (first launch only)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -166,14 +194,16 @@ class TrainJobConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     lr_schedule: ScheduleSection = field(default_factory=ScheduleSection)
     training: TrainingSection = field(default_factory=TrainingSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
     anneal: AnnealSection = field(default_factory=AnnealSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     recovery: RecoverySection = field(default_factory=RecoverySection)
     faults: FaultsSection = field(default_factory=FaultsSection)
 
-    def check(self, *, world_size: int = 1) -> None:
-        """Raise ConfigError naming the key of the first value that cannot work."""
+    def check(self, *, world_size: int = 1, tp: int = 1) -> None:
+        """Raise ConfigError naming the key of the first value that cannot work (world_size: data-parallel
+        ranks, which must divide every batch; tp: tensor-parallel ranks, which must divide every seq_len)."""
         t, o, s = self.training, self.optim, self.lr_schedule
         _positive("training.steps", t.steps)
         _choice("training.dtype", t.dtype, ("float32", "bfloat16"))
@@ -201,6 +231,9 @@ class TrainJobConfig:
         for key, stage in stages:
             _positive(f"{key}.seq_len", stage.seq_len)
             _positive(f"{key}.batch_tokens", stage.batch_tokens)
+            if stage.seq_len % tp:
+                raise ConfigError(f"{key}.seq_len={stage.seq_len} must be a multiple of parallel.tp={tp} "
+                                  "(sequence parallelism splits it)")  # fmt: skip
             if stage.at_tokens <= previous:
                 raise ConfigError(f"{key}.at_tokens={stage.at_tokens} must grow from stage to stage")
             previous = stage.at_tokens

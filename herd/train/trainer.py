@@ -20,19 +20,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from herd.config import to_toml
 from herd.data.loader import IGNORE_INDEX, Batch, MixLoader
 from herd.errors import TrainError
 from herd.fileio import atomic_file
 from herd.model import ModelArgs, build_model, document_mask, document_positions, flops_per_token, get_preset
-from herd.parallel import apply_activation_checkpointing, apply_compile
+from herd.parallel import ParallelDims, apply_activation_checkpointing, apply_compile, apply_fsdp, apply_tp
+from herd.parallel.distributed import Watchdog, all_reduce_sum, build_mesh, init_distributed, restart_count, world
 from herd.train.checkpoint import CheckpointManager
 from herd.train.config import ModelSection, TrainJobConfig
 from herd.train.metrics import MetricsLogger, measure_peak_flops, peak_memory_gb
@@ -63,11 +68,19 @@ class Trainer:
     good_steps: int
 
     def __init__(self, cfg: TrainJobConfig) -> None:
-        cfg.check()
         self.cfg = cfg
-        # Data parallelism (a later issue) gives each rank its rows of the same global batch.
-        self.rank, self.world_size = 0, 1
         self.device = _device(cfg.training.device)
+        self.rank, self.world_size = world()
+        p = cfg.parallel
+        self.dims = ParallelDims(dp_replicate=p.dp_replicate, dp_shard=p.dp_shard, tp=p.tp, pp=p.pp,
+                                 world_size=self.world_size)  # fmt: skip
+        cfg.check(world_size=self.dims.dp, tp=self.dims.tp)
+        if self.dims.pp > 1:
+            raise TrainError("parallel.pp > 1: pipeline parallelism is not available yet; use dp_shard and tp")
+        init_distributed(self.device)
+        self.mesh = build_mesh(self.dims, self.device) if self.world_size > 1 else None
+        # Every rank draws the same global batch and keeps the rows of its data-parallel coordinate.
+        self.dp_rank = self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
         if cfg.job.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -75,19 +88,30 @@ class Trainer:
         seq_lens = [s["seq_len"] for s in self.schedule.stages()]
         chunk = cfg.data.chunk_tokens or max(seq_lens) + 1
         self.loader = MixLoader(cfg.data.shards, weights=cfg.data.weights, seed=cfg.job.seed, chunk_tokens=chunk)
-        self.tokenizer_files = _tokenizer_files(self.loader.tokenizer)
+        self.tokenizer_files = _tokenizer_files(self.loader.tokenizer, self.loader.tokenizer_dir)
         self.run_dir = Path(cfg.job.dump_folder)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         self.model_args = model_args(cfg.model, vocab_size=self.loader.vocab_size, seq_len=max(seq_lens))
+        # Every rank initializes the whole model from the seed, then keeps its shards: the weights are the same
+        # under any layout, so a parallel run starts exactly where one process would.
         self.model = build_model(self.model_args, device=self.device, init=False)
         torch.manual_seed(cfg.job.seed)
         self.model.init_weights(std=cfg.model.init_std)
+        bf16 = cfg.training.dtype == "bfloat16"
+        if self.dims.tp > 1:
+            apply_tp(self.model, self.mesh["tp"])
         if cfg.training.activation_checkpoint:
             apply_activation_checkpointing(self.model)
         if cfg.training.compile:
             apply_compile(self.model)
-        self.autocast = cfg.training.dtype == "bfloat16"
+        self.fsdp = self.dims.dp > 1
+        if self.fsdp:
+            dp_mesh = self.mesh[("dp_replicate", "dp_shard")] if self.dims.dp_replicate > 1 else self.mesh["dp_shard"]
+            apply_fsdp(self.model, dp_mesh, param_dtype=torch.bfloat16 if bf16 else None,
+                       reshard_after_forward=p.reshard_after_forward)  # fmt: skip
+        # With FSDP the mixed-precision policy casts parameters for the forward; otherwise autocast does.
+        self.autocast = bf16 and not self.fsdp
 
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
@@ -98,13 +122,18 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: self.schedule.lr(min(e + 1, cfg.training.steps)) / o.lr
         )
-        self.checkpointer = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        self.checkpointer = CheckpointManager(
+            self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last, rank=self.rank,
+            distributed=self.world_size > 1,
+        )  # fmt: skip
 
         self.step, self.skip_batches, self.loss_mean, self.good_steps = 0, set(), None, 0
         self.bad_batches: list[int] = []  # the current run of bad steps
         self._pending_reason = ""
+        self._corrupted = restart_count() > 0  # injected corruption (faults.corrupt_at_step) happens once
         self.rollbacks = self.skipped_steps = 0
-        self.elapsed = 0.0  # training seconds before this process started (restored from checkpoints)
+        self.elapsed = 0.0  # seconds of steps that count, over every launch (restored from checkpoints)
+        self.started_at = time.time()  # the first launch's start, for the effective-training-time figure
         resumed_from = self.checkpointer.latest()
         if resumed_from is not None and not cfg.checkpoint.resume:
             raise TrainError(f"{self.run_dir} holds checkpoints of an earlier run and checkpoint.resume is false; "
@@ -112,15 +141,18 @@ class Trainer:
         if resumed_from is not None:
             self._restore(resumed_from)
 
-        with atomic_file(self.run_dir / "config.toml", "w") as f:
-            f.write(to_toml(cfg))
+        if self.rank == 0:
+            with atomic_file(self.run_dir / "config.toml", "w") as f:
+                f.write(to_toml(cfg))
         self.peak_flops = cfg.metrics.peak_tflops * 1e12 or measure_peak_flops(
-            torch.bfloat16 if self.autocast else torch.float32, self.device
+            torch.bfloat16 if bf16 else torch.float32, self.device
         )
-        self.metrics = MetricsLogger(
-            self.run_dir, total_steps=cfg.training.steps, start_step=self.step,
-            tensorboard=cfg.metrics.tensorboard, log_interval=cfg.metrics.log_interval,
+        self.metrics = (
+            MetricsLogger(self.run_dir, total_steps=cfg.training.steps, start_step=self.step,
+                          tensorboard=cfg.metrics.tensorboard, log_interval=cfg.metrics.log_interval)
+            if self.rank == 0 else NullLogger()
         )  # fmt: skip
+        self.watchdog = Watchdog(p.watchdog_timeout, self.run_dir, self.rank) if p.watchdog_timeout else None
         if resumed_from is not None:
             self._event("resume", f"from {resumed_from}")
 
@@ -141,22 +173,27 @@ class Trainer:
             if last_saved != self.step:
                 self.save()
         finally:
-            self.metrics.close()
+            self.close()
         wall = time.perf_counter() - start
-        lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
-        recent = [r["loss"] for r in map(json.loads, lines) if not r.get("skipped")][-10:]
         tokens = self.schedule.total_tokens - self.schedule.tokens_before(start_step + 1)
+        recent = []
+        if self.rank == 0:
+            lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+            recent = [r["loss"] for r in map(json.loads, lines) if not r.get("skipped")][-10:]
         return {
             "run_dir": str(self.run_dir),
             "steps": self.step,
             "tokens": self.schedule.total_tokens,
-            "params": sum(p.numel() for p in self.model.parameters()),
             "final_loss": recent[-1] if recent else float("nan"),
             "final_loss_mean10": sum(recent) / len(recent) if recent else float("nan"),
             "seconds": round(wall, 1),
             "tokens_per_s": round(tokens / wall) if wall else 0,
             "skipped_steps": self.skipped_steps,
             "rollbacks": self.rollbacks,
+            # Steps that count over wall time since the first launch: restarts, rollbacks, checkpoint saves and
+            # start-up are what it loses (Llama 3 405B kept over 90%).
+            "effective_training_time": round(self.elapsed / max(time.time() - self.started_at, 1e-9), 4),
+            "layout": self.dims.describe(),
             "checkpoint": str(self.checkpointer.latest()),
         }
 
@@ -164,6 +201,9 @@ class Trainer:
         """One optimizer step; the metrics record, or None when it rolled back instead."""
         plan = self.schedule.at(self.step + 1)
         t0 = time.perf_counter()
+        if self.watchdog is not None:
+            self.watchdog.heartbeat(self.step)
+        self._drill(plan.step)
         if plan.phase == "anneal" and self.cfg.anneal.weights and self.loader.weights != self._anneal_weights():
             self.loader.set_weights(self.cfg.anneal.weights)
             self._event("anneal", f"learning rate to 0 over the last {self.cfg.anneal.tokens} tokens; mix "
@@ -171,17 +211,20 @@ class Trainer:
         batch = self._next_batch(plan)
         num_targets = batch.num_targets
         scale = self.cfg.faults.spike_scale if batch.index in self.cfg.faults.spike_batches else 1.0
-        local = batch.shard(self.rank, self.world_size)
-        micro_tokens = self.cfg.training.micro_batch_tokens or plan.batch_tokens // self.world_size
+        local = batch.shard(self.dp_rank, self.dims.dp)
+        micro_tokens = self.cfg.training.micro_batch_tokens or plan.batch_tokens // self.dims.dp
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for micro in local.split(micro_tokens // plan.seq_len):
             loss_sum += self.forward_backward(micro, num_targets, scale)
         if batch.index in self.cfg.faults.nan_grad_batches:
-            next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+            grad = next(p for p in self.model.parameters() if p.grad is not None).grad
+            (grad.to_local() if isinstance(grad, DTensor) else grad).fill_(float("nan"))
 
+        loss_sum = all_reduce_sum(loss_sum, self.mesh["dp"] if self.mesh is not None else None)
         loss = loss_sum.item() / max(num_targets, 1)
         clip = self.cfg.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True).item()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+        grad_norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
         verdict = self._check(loss, grad_norm, batch)
         if verdict is None:
             self.optimizer.step()
@@ -191,6 +234,8 @@ class Trainer:
             return None
         self.lr_scheduler.step()
         self.step += 1
+        if self._sdc_check():
+            return None
         dt = time.perf_counter() - t0
         self.elapsed += dt
         flops = flops_per_token(self.model_args, plan.seq_len)["train"] * plan.batch_tokens
@@ -214,7 +259,11 @@ class Trainer:
         return record
 
     def forward_backward(self, micro: Batch, num_targets: int, scale: float = 1.0) -> torch.Tensor:
-        """Forward and backward of one micro-batch; returns its summed loss (detached)."""
+        """Forward and backward of one micro-batch; returns its summed loss (detached).
+
+        The gradient is of sum(loss) / targets in the whole global batch; FSDP averages gradients over the
+        data-parallel ranks, so each rank scales its part by their number to make that average a sum.
+        """
         tokens = micro.tokens.to(self.device)
         targets = micro.targets.to(self.device)
         doc_ids = micro.doc_ids.to(self.device)
@@ -225,8 +274,19 @@ class Trainer:
         )
         if scale != 1.0:  # an injected loss spike
             loss_sum = loss_sum * scale
-        (loss_sum / max(num_targets, 1)).backward()
+        (loss_sum * self.dims.dp / max(num_targets, 1)).backward()
         return loss_sum.detach().double()
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+    def shutdown(self) -> None:
+        """Leave the process group (after `train`), so torchrun sees a clean exit."""
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -278,6 +338,51 @@ class Trainer:
         self.metrics.reopen_at(self.step)
         self._event("rollback", f"{reason} at step {failed_at}; back to step {self.step}, leaving out batches {bad}")
 
+    def _sdc_check(self) -> bool:
+        """Every parallel.sdc_check_interval steps, replicas compare checksums of the shards they should hold
+        identically; a mismatch names the ranks that differ from the replica group's majority (the lowest rank
+        on a tie) and rolls every rank back. True if it rolled back."""
+        interval = self.cfg.parallel.sdc_check_interval
+        if self.mesh is None or self.dims.dp_replicate < 2 or not interval or self.step % interval:
+            return False
+        fault = self.cfg.faults
+        if self.step == fault.corrupt_at_step and self.rank == fault.corrupt_rank and not self._corrupted:
+            self._corrupted = True  # once: the replay after the rollback must come out clean
+            param = next(iter(self.model.parameters()))
+            with torch.no_grad():
+                (param.to_local() if isinstance(param, DTensor) else param).add_(1e-3)
+        checksum = 0
+        for param in self.model.parameters():
+            local = (param.to_local() if isinstance(param, DTensor) else param).detach().float().contiguous()
+            checksum = (checksum * 1_000_003 + int(local.view(torch.int32).sum(dtype=torch.int64))) % (1 << 61)
+        group = self.mesh["dp_replicate"].get_group()
+        sums = [0] * self.dims.dp_replicate
+        dist.all_gather_object(sums, checksum, group=group)
+        majority = max(sums, key=lambda c: (sums.count(c), -sums.index(c)))
+        ranks = dist.get_process_group_ranks(group)
+        bad = torch.zeros(self.world_size, dtype=torch.int32)
+        for r, c in zip(ranks, sums, strict=True):
+            bad[r] = int(c != majority)
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if not bad.any():
+            return False
+        named = [r for r in range(self.world_size) if bad[r]]
+        reason = f"silent data corruption: parameters of rank(s) {named} differ from their replicas after step "
+        self.bad_batches = []
+        self._pending_reason = reason + str(self.step)
+        self._rollback()
+        return True
+
+    def _drill(self, step: int) -> None:
+        """Injected process faults, on the first launch only (a restarted job must be able to finish)."""
+        f = self.cfg.faults
+        if self.rank != f.kill_rank or restart_count() > 0:
+            return
+        if step == f.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == f.hang_at_step:
+            time.sleep(10**6)
+
     def _next_batch(self, plan: StepPlan) -> Batch:
         while True:
             batch = self.loader.next_batch(plan.batch_tokens // plan.seq_len, plan.seq_len)
@@ -303,6 +408,7 @@ class Trainer:
             "good_steps": self.good_steps,
             "skipped_steps": self.skipped_steps,
             "elapsed": self.elapsed,
+            "started_at": self.started_at,
             "tokenizer": self.loader.tokenizer,
         }
 
@@ -320,6 +426,16 @@ class Trainer:
         self.skip_batches |= set(state["skip_batches"])
         self.loss_mean, self.good_steps = state["loss_mean"], state["good_steps"]
         self.skipped_steps, self.elapsed = state["skipped_steps"], state["elapsed"]
+        self.started_at = state.get("started_at", self.started_at)
+
+
+class NullLogger:
+    """What ranks other than 0 log to: nothing (rank 0 reports the reduced metrics)."""
+
+    def log(self, record: dict[str, Any]) -> None: ...
+    def event(self, record: dict[str, Any]) -> None: ...
+    def reopen_at(self, step: int) -> None: ...
+    def close(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,10 +480,13 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _tokenizer_files(identity: dict[str, Any]) -> list[Path]:
-    """The tokenizer files the shards were packed with, checked against the hashes in the pack manifest."""
+def _tokenizer_files(identity: dict[str, Any], packed_copy: Path) -> list[Path]:
+    """The tokenizer files the shards were packed with (the copy beside the shards, else where the manifest says
+    they came from), checked against the hashes in the pack manifest."""
     spec = identity.get("spec", "llama3")
-    if spec == "llama3":
+    if packed_copy.is_dir():
+        base = packed_copy
+    elif spec == "llama3":
         from herd.tokenizer.llama3 import packaged_model_path
 
         base = packaged_model_path().parent
