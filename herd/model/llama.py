@@ -223,8 +223,12 @@ class Transformer(nn.Module):
         positions_BT: RoPE positions; default 0..T-1 after `cache_pos`.
         mask: bool, broadcastable to (B, 1, T, S), True where a query may attend to a key; default causal.
         cache_pos: with caches set up (`setup_caches`), the cache slot of the first token.
+
+        A pipeline stage (herd/parallel/pipeline.py) is this model with some parts set to None: without
+        `tok_embeddings` the input is the previous stage's hidden states (B, T, D), and without `output` the
+        hidden states after the last layer are returned, not normed.
         """
-        B, T = tokens_BT.shape
+        B, T = tokens_BT.shape[:2]
         start = cache_pos or 0
         device = tokens_BT.device
         if positions_BT is None:
@@ -236,9 +240,11 @@ class Transformer(nn.Module):
         angles_BTP = positions_BT[..., None].float() * self._rope_freqs
         cos_BTP, sin_BTP = angles_BTP.cos(), angles_BTP.sin()
 
-        h_BTD = self.tok_embeddings(tokens_BT)
+        h_BTD = self.tok_embeddings(tokens_BT) if self.tok_embeddings is not None else tokens_BT
         for layer in self.layers.values():
             h_BTD = layer(h_BTD, cos_BTP, sin_BTP, mask, cache_pos)
+        if self.output is None:
+            return h_BTD
         h_BTD = self.norm(h_BTD)
         if return_hidden:
             return h_BTD

@@ -32,11 +32,13 @@ def apply_tp(model: Transformer, mesh: DeviceMesh) -> None:
     reduce-scatters back to sequence shards. The embedding is split by rows (vocab) and the output projection by
     columns, gathered to full logits for the loss. Every parameter becomes a DTensor on `mesh`.
     """
-    parallelize_module(model, mesh, {
+    root_plan = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(),
         "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
-    })  # fmt: skip
+    }
+    # A pipeline stage holds only some of these (herd/parallel/pipeline.py).
+    parallelize_module(model, mesh, {k: v for k, v in root_plan.items() if getattr(model, k) is not None})
     for block in model.layers.values():
         parallelize_module(block, mesh, {
             "attention_norm": SequenceParallel(),

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,10 +50,24 @@ def _quiet_dcp() -> Iterator[None]:
 
 
 class CheckpointManager:
-    """Saves and loads steps; under torchrun every rank calls `save`/`load` (DCP is collective), rank 0 commits."""
+    """Saves and loads steps; under torchrun every rank calls `save`/`load` (DCP is collective), rank 0 commits.
 
-    def __init__(self, folder: str | Path, *, keep_last: int, rank: int = 0, distributed: bool = False) -> None:
+    With `async_save`, DCP copies the state to host memory and writes it from a background thread while training
+    goes on; the step is committed (renamed into place) at the first `poll()` after every rank has written it,
+    or by the next save, a load or `wait()`. Until then `latest()` does not see it, so a crash in between loses
+    that step, never an older one.
+    """
+
+    def __init__(
+        self, folder: str | Path, *, keep_last: int, rank: int = 0, distributed: bool = False, async_save: bool = False
+    ) -> None:
         self.folder, self.keep_last, self.rank, self.distributed = Path(folder), keep_last, rank, distributed
+        self.async_save = async_save
+        self._pending = None  # (future, commit) of an async save in flight
+        # The background writer's collectives get their own group, so they never interleave with training's.
+        self._group = dist.new_group(backend="gloo") if async_save and distributed else None
+        self.timings: list[dict[str, Any]] = []
+        """Per save: step, seconds the training loop was blocked, and whether it was async."""
 
     def _barrier(self) -> None:
         if self.distributed:
@@ -66,6 +81,7 @@ class CheckpointManager:
         return sorted((s, p) for s, p in found if (p / TRAIN_STATE).is_file())
 
     def latest(self) -> Path | None:
+        self.wait()
         steps = self.steps()
         return steps[-1][1] if steps else None
 
@@ -79,6 +95,8 @@ class CheckpointManager:
         args: ModelArgs,
         assets: list[Path] = (),
     ) -> Path:
+        start = time.perf_counter()
+        self.wait()
         final = self.folder / f"step-{step:08d}"
         tmp = self.folder / f".step-{step:08d}.partial"
         if self.rank == 0:
@@ -86,32 +104,66 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         self._barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
+        # What commit writes is captured now: training moves on before an async save completes.
+        rng, state = _rng_state(), json.dumps({"step": step, **train_state}, indent=1)
+
+        def commit() -> None:
+            with atomic_file(tmp / f"rng-{self.rank:05d}.pt") as f:
+                torch.save(rng, f)
+            self._barrier()  # every rank's files are on disk before rank 0 commits the step
+            if self.rank == 0:
+                with atomic_file(tmp / TRAIN_STATE, "w") as f:
+                    f.write(state)
+                with atomic_file(tmp / PARAMS, "w") as f:
+                    json.dump(dataclasses.asdict(args), f, indent=1)
+                for asset in assets:
+                    shutil.copyfile(asset, tmp / asset.name)
+                for child in tmp.iterdir():
+                    with open(child, "rb") as fh:
+                        os.fsync(fh.fileno())
+                if final.exists():  # the same step saved again after a rollback
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                fsync_dir(self.folder)
+                for _, old in self.steps()[: -self.keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+            self._barrier()
+
         with _quiet_dcp():
-            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
-        with atomic_file(tmp / f"rng-{self.rank:05d}.pt") as f:
-            torch.save(_rng_state(), f)
-        self._barrier()  # every rank's files are on disk before rank 0 commits the step
-        if self.rank == 0:
-            with atomic_file(tmp / TRAIN_STATE, "w") as f:
-                json.dump({"step": step, **train_state}, f, indent=1)
-            with atomic_file(tmp / PARAMS, "w") as f:
-                json.dump(dataclasses.asdict(args), f, indent=1)
-            for asset in assets:
-                shutil.copyfile(asset, tmp / asset.name)
-            for child in tmp.iterdir():
-                with open(child, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if final.exists():  # the same step saved again after a rollback
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            fsync_dir(self.folder)
-            for _, old in self.steps()[: -self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        self._barrier()
+            if self.async_save:
+                future = dcp.async_save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp),
+                                        process_group=self._group)  # fmt: skip
+                self._pending = (future, commit)
+            else:
+                dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
+                commit()
+        self.timings.append({"step": step, "blocked_s": time.perf_counter() - start, "async": self.async_save})
         return final
+
+    def poll(self) -> None:
+        """Commit an async save in flight if every rank has finished writing it (call once per step)."""
+        if self._pending is None:
+            return
+        done = torch.tensor([int(self._pending[0].done())])
+        if self.distributed:  # all ranks must commit at the same step: the commit has barriers
+            # On the default group, from the training thread: the writer thread owns self._group.
+            done = done.to(_default_device())
+            dist.all_reduce(done, op=dist.ReduceOp.MIN)
+        if done.item():
+            self.wait()
+
+    def wait(self) -> None:
+        """Finish and commit an async save in flight."""
+        if self._pending is not None:
+            future, commit = self._pending
+            self._pending = None
+            with _quiet_dcp():
+                future.result()
+            commit()
 
     def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Restore model, optimizer and this rank's RNG in place; return the train state."""
+        self.wait()
         try:
             state = json.loads((path / TRAIN_STATE).read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -143,6 +195,11 @@ def read_params(path: Path) -> ModelArgs:
 
 def is_training_checkpoint(path: Path) -> bool:
     return (path / TRAIN_STATE).is_file() and (path / ".metadata").is_file()
+
+
+def _default_device() -> torch.device:
+    """Where the default group's collectives take tensors (CUDA for NCCL)."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

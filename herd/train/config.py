@@ -117,7 +117,12 @@ class ParallelSection:
     tp: int = 1
     """Tensor parallel (DTensor plans for attention and MLP, sequence parallel on the norms)."""
     pp: int = 1
-    """Pipeline stages (not yet available: must be 1)."""
+    """Pipeline stages: the model split by layers, one stage per rank (torch.distributed.pipelining)."""
+    pp_schedule: str = "1F1B"
+    """1F1B (one forward, one backward in turn: at most pp micro-batches of activations) or GPipe."""
+    pp_microbatches: int = 0
+    """Micro-batches a data-parallel rank's rows are cut into for the pipeline; 0 means pp. The bubble, the
+    idle share of a step, is (pp - 1) / (microbatches + pp - 1)."""
     reshard_after_forward: bool = True
     """FSDP2 frees gathered parameters after each block's forward (less memory, one more all-gather)."""
     sdc_check_interval: int = 0
@@ -142,6 +147,8 @@ class CheckpointSection:
     """Keep this many latest checkpoints; older ones are deleted once a newer one is complete."""
     resume: bool = True
     """Continue from the latest complete checkpoint in the run directory, if any."""
+    async_save: bool = False
+    """Write checkpoints from a background thread (DCP async_save) while training goes on."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -257,6 +264,14 @@ class TrainJobConfig:
             section, name = key.split(".")
             if getattr(getattr(self, section), name) < 0:
                 raise ConfigError(f"{key} must be >= 0")
+        _choice("parallel.pp_schedule", self.parallel.pp_schedule, ("1F1B", "GPipe"))
+        if self.parallel.pp > 1:
+            micro = self.parallel.pp_microbatches or self.parallel.pp
+            for key, stage in stages:
+                rows = stage.batch_tokens // stage.seq_len // world_size
+                if rows % micro:
+                    raise ConfigError(f"parallel.pp_microbatches={micro} does not divide the {rows} sequences per "
+                                      f"data-parallel rank of {key}")  # fmt: skip
         _positive("checkpoint.keep_last", self.checkpoint.keep_last)
         _positive("recovery.max_bad_steps", self.recovery.max_bad_steps)
 

@@ -38,6 +38,7 @@ from herd.fileio import atomic_file
 from herd.model import ModelArgs, build_model, document_mask, document_positions, flops_per_token, get_preset
 from herd.parallel import ParallelDims, apply_activation_checkpointing, apply_compile, apply_fsdp, apply_tp
 from herd.parallel.distributed import Watchdog, all_reduce_sum, build_mesh, init_distributed, restart_count, world
+from herd.parallel.pipeline import build_schedule, prune_to_stage
 from herd.train.checkpoint import CheckpointManager
 from herd.train.config import ModelSection, TrainJobConfig
 from herd.train.metrics import MetricsLogger, measure_peak_flops, peak_memory_gb
@@ -75,12 +76,11 @@ class Trainer:
         self.dims = ParallelDims(dp_replicate=p.dp_replicate, dp_shard=p.dp_shard, tp=p.tp, pp=p.pp,
                                  world_size=self.world_size)  # fmt: skip
         cfg.check(world_size=self.dims.dp, tp=self.dims.tp)
-        if self.dims.pp > 1:
-            raise TrainError("parallel.pp > 1: pipeline parallelism is not available yet; use dp_shard and tp")
         init_distributed(self.device)
         self.mesh = build_mesh(self.dims, self.device) if self.world_size > 1 else None
         # Every rank draws the same global batch and keeps the rows of its data-parallel coordinate.
         self.dp_rank = self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
+        self.pp_stage = self.mesh["pp"].get_local_rank() if self.dims.pp > 1 else 0
         if cfg.job.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -99,6 +99,9 @@ class Trainer:
         torch.manual_seed(cfg.job.seed)
         self.model.init_weights(std=cfg.model.init_std)
         bf16 = cfg.training.dtype == "bfloat16"
+        _check_layout(self.model_args, self.dims)
+        if self.dims.pp > 1:
+            prune_to_stage(self.model, self.pp_stage, self.dims.pp)
         if self.dims.tp > 1:
             apply_tp(self.model, self.mesh["tp"])
         if cfg.training.activation_checkpoint:
@@ -112,6 +115,13 @@ class Trainer:
                        reshard_after_forward=p.reshard_after_forward)  # fmt: skip
         # With FSDP the mixed-precision policy casts parameters for the forward; otherwise autocast does.
         self.autocast = bf16 and not self.fsdp
+        self.pipeline = None
+        if self.dims.pp > 1:
+            self.pipeline = build_schedule(
+                self.model, self.mesh["pp"], schedule=p.pp_schedule, microbatches=p.pp_microbatches or p.pp,
+                loss_fn=self._pipeline_loss, device=self.device, autocast=self.autocast,
+            )  # fmt: skip
+            self._pp_targets, self._pp_scale = 1, 1.0
 
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
@@ -124,7 +134,7 @@ class Trainer:
         )
         self.checkpointer = CheckpointManager(
             self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last, rank=self.rank,
-            distributed=self.world_size > 1,
+            distributed=self.world_size > 1, async_save=cfg.checkpoint.async_save,
         )  # fmt: skip
 
         self.step, self.skip_batches, self.loss_mean, self.good_steps = 0, set(), None, 0
@@ -172,8 +182,12 @@ class Trainer:
                     last_saved = self.step
             if last_saved != self.step:
                 self.save()
+            self.checkpointer.wait()
         finally:
             self.close()
+        if self.rank == 0 and self.checkpointer.timings:
+            with open(self.run_dir / "checkpoints.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(t) + "\n" for t in self.checkpointer.timings)
         wall = time.perf_counter() - start
         tokens = self.schedule.total_tokens - self.schedule.tokens_before(start_step + 1)
         recent = []
@@ -204,6 +218,7 @@ class Trainer:
         if self.watchdog is not None:
             self.watchdog.heartbeat(self.step)
         self._drill(plan.step)
+        self.checkpointer.poll()
         if plan.phase == "anneal" and self.cfg.anneal.weights and self.loader.weights != self._anneal_weights():
             self.loader.set_weights(self.cfg.anneal.weights)
             self._event("anneal", f"learning rate to 0 over the last {self.cfg.anneal.tokens} tokens; mix "
@@ -213,18 +228,19 @@ class Trainer:
         scale = self.cfg.faults.spike_scale if batch.index in self.cfg.faults.spike_batches else 1.0
         local = batch.shard(self.dp_rank, self.dims.dp)
         micro_tokens = self.cfg.training.micro_batch_tokens or plan.batch_tokens // self.dims.dp
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for micro in local.split(micro_tokens // plan.seq_len):
-            loss_sum += self.forward_backward(micro, num_targets, scale)
+        if self.pipeline is not None:
+            loss_sum = self.pipeline_step(local, num_targets, scale)
+        else:
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            for micro in local.split(micro_tokens // plan.seq_len):
+                loss_sum += self.forward_backward(micro, num_targets, scale)
         if batch.index in self.cfg.faults.nan_grad_batches:
             grad = next(p for p in self.model.parameters() if p.grad is not None).grad
             (grad.to_local() if isinstance(grad, DTensor) else grad).fill_(float("nan"))
 
         loss_sum = all_reduce_sum(loss_sum, self.mesh["dp"] if self.mesh is not None else None)
         loss = loss_sum.item() / max(num_targets, 1)
-        clip = self.cfg.optim.grad_clip or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
-        grad_norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+        grad_norm = self._clip_gradients()
         verdict = self._check(loss, grad_norm, batch)
         if verdict is None:
             self.optimizer.step()
@@ -276,6 +292,40 @@ class Trainer:
             loss_sum = loss_sum * scale
         (loss_sum * self.dims.dp / max(num_targets, 1)).backward()
         return loss_sum.detach().double()
+
+    def pipeline_step(self, rows: Batch, num_targets: int, scale: float) -> torch.Tensor:
+        """This rank's stage over the schedule's micro-batches; the summed loss (non-zero on the last stage)."""
+        first, last = self.pp_stage == 0, self.pp_stage == self.dims.pp - 1
+        self._pp_targets, self._pp_scale = max(num_targets, 1), scale
+        tokens, doc_ids = rows.tokens.to(self.device), rows.doc_ids.to(self.device)
+        targets = rows.targets.to(self.device) if last else None
+        losses: list[torch.Tensor] = []
+        if first:
+            self.pipeline.step(tokens, doc_ids, target=targets, losses=losses if last else None)
+        else:
+            self.pipeline.step(target=targets, losses=losses if last else None)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for loss in losses:  # each is sum / num_targets x dp (see _pipeline_loss): undo that for the report
+            loss_sum += loss.detach().double() * self._pp_targets / self.dims.dp
+        return all_reduce_sum(loss_sum, self.mesh["pp"])
+
+    def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss_sum = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return loss_sum * self._pp_scale * self.dims.dp / self._pp_targets
+
+    def _clip_gradients(self) -> float:
+        """Clip to optim.grad_clip by the global norm over every rank's gradients; returns that norm."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        if self.dims.pp > 1:  # stages hold different parameters: add up the squares
+            squared = norm.double() ** 2
+            norm = all_reduce_sum(squared, self.mesh["pp"]).sqrt().to(norm.dtype)
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.grad_clip, norm, foreach=True)
+        return norm.item()
 
     def close(self) -> None:
         self.metrics.close()
@@ -470,6 +520,14 @@ def param_groups(
         skip = (is_norm and not decay_norms) or (id(p) in embedding and not decay_embeddings)
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _check_layout(args: ModelArgs, dims: ParallelDims) -> None:
+    if args.n_heads % dims.tp or args.n_kv_heads % dims.tp:
+        raise TrainError(f"parallel.tp={dims.tp} must divide the model's n_heads={args.n_heads} and "
+                         f"n_kv_heads={args.n_kv_heads}")  # fmt: skip
+    if dims.pp > args.n_layers:
+        raise TrainError(f"parallel.pp={dims.pp} is more than the model's {args.n_layers} layers")
 
 
 def _device(name: str) -> torch.device:

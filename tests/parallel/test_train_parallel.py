@@ -103,16 +103,26 @@ def test_fsdp2_matches_one_process(single, fsdp) -> None:
     [
         ["parallel.tp=2", "parallel.dp_shard=1"],  # tensor parallel with sequence parallel norms
         ["parallel.dp_replicate=2", "parallel.dp_shard=1"],  # replicas (HSDP with one shard each)
+        ["parallel.pp=2", "parallel.dp_shard=1"],  # pipeline, 1F1B over 2 micro-batches
+        ["parallel.pp=2", "parallel.dp_shard=1", "parallel.pp_schedule='GPipe'", "parallel.pp_microbatches=4"],
         ["parallel.dp_shard=2", "training.dtype='bfloat16'"],  # FSDP2 mixed precision: checked for finite loss
     ],
-    ids=["tp2", "replicate2", "fsdp2-bf16"],
+    ids=["tp2", "replicate2", "pp2-1f1b", "pp2-gpipe", "fsdp2-bf16"],
 )
 def test_layouts_match_one_process(single, shards, tmp_path, layout) -> None:
-    torchrun(write_config(tmp_path / "c.toml", tmp_path / "run", shards, *layout))
+    run = tmp_path / "run"
+    torchrun(write_config(tmp_path / "c.toml", run, shards, *layout))
     if "training.dtype='bfloat16'" in layout:
-        assert losses(tmp_path / "run")[-1] < losses(tmp_path / "run")[0] - 0.5
-    else:
-        assert_close(losses(tmp_path / "run"), losses(single))
+        assert losses(run)[-1] < losses(run)[0] - 0.5
+        return
+    assert_close(losses(run), losses(single))
+    assert_close([json.loads(x)["grad_norm"] for x in (run / "metrics.jsonl").read_text().splitlines()],
+                 [json.loads(x)["grad_norm"] for x in (single / "metrics.jsonl").read_text().splitlines()])  # fmt: skip
+    if "parallel.pp=2" in layout:  # each stage saved its own layers; one process resumes from the union
+        one = tmp_path / "one"
+        shutil.copytree(run / "checkpoints" / "step-00000005", one / "checkpoints" / "step-00000005")
+        Trainer(load(TrainJobConfig, None, [f"job.dump_folder='{one}'", f"data.shards=['{shards}']", *BASE])).train()
+        assert_close(losses(one), losses(run)[5:])
 
 
 def test_a_checkpoint_saved_under_fsdp2_resumes_in_one_process_and_back_under_tp2(single, fsdp, shards, tmp_path):
@@ -148,8 +158,11 @@ def test_parameter_corruption_on_one_replica_is_named_and_rolled_back(single, sh
 
 
 def test_a_hung_rank_is_caught_by_the_watchdog_and_the_job_restarts(fsdp, shards, tmp_path):
+    # Checkpoints are written asynchronously here (committed once both ranks have written them), so the restart
+    # resumes from whichever step was complete; the losses must come out the same either way.
     config = write_config(tmp_path / "c.toml", tmp_path / "run", shards, "parallel.dp_shard=2",
-                          "parallel.watchdog_timeout=4.0", "faults.hang_at_step=7", "faults.kill_rank=1")  # fmt: skip
+                          "parallel.watchdog_timeout=4.0", "faults.hang_at_step=7", "faults.kill_rank=1",
+                          "checkpoint.async_save=true")  # fmt: skip
     torchrun(config, max_restarts=1)
     # Rank 0 waits for rank 1 in a collective, so either watchdog may fire first (torchrun then stops the other).
     dumps = {p.name: p.read_text() for p in (tmp_path / "run").glob("hang-rank*.txt")}
