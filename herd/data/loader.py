@@ -49,7 +49,8 @@ class Batch:
     def shard(self, rank: int, world_size: int) -> Batch:
         """Rows rank, rank + world_size, ... (a data-parallel rank's part)."""
         sl = slice(rank, None, world_size)
-        return Batch(self.tokens[sl], self.targets[sl], self.doc_ids[sl], self.index)
+        rows = (t[sl].contiguous() for t in (self.tokens, self.targets, self.doc_ids))
+        return Batch(*rows, self.index)
 
     def split(self, micro_rows: int) -> list[Batch]:
         return [

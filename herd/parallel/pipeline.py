@@ -52,7 +52,8 @@ class StageModule(nn.Module):
     def forward(self, x: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(x, positions_BT=document_positions(doc_ids), mask=document_mask(doc_ids))
-        return out if self.model.output is not None else (out, doc_ids)
+        # Point-to-point sends need contiguous tensors; a micro-batch of a data-parallel rank's rows may be a view.
+        return out if self.model.output is not None else (out, doc_ids.contiguous())
 
 
 def build_schedule(

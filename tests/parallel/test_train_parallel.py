@@ -56,8 +56,8 @@ def write_config(path: Path, run_dir: Path, shards: Path, *overrides: str) -> Pa
     return path
 
 
-def torchrun(config: Path, *extra: str, max_restarts: int = 0) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+def torchrun(config: Path, *extra: str, max_restarts: int = 0, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "--max-restarts", str(max_restarts), "-m", "herd", "train", "--config", str(config), *extra]  # fmt: skip
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -170,3 +170,14 @@ def test_a_hung_rank_is_caught_by_the_watchdog_and_the_job_restarts(fsdp, shards
     if "hang-rank1.txt" in dumps:
         assert "in _drill" in dumps["hang-rank1.txt"]  # the stack shows where it hung
     assert_close(losses(tmp_path / "run"), losses(fsdp), rel=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "layout",
+    [["parallel.tp=2", "parallel.dp_shard=2"], ["parallel.pp=2", "parallel.dp_shard=2"]],
+    ids=["fsdp2xtp2", "pp2xfsdp2"],
+)
+def test_two_dimensional_layouts_on_four_processes_match_one_process(single, shards, tmp_path, layout) -> None:
+    torchrun(write_config(tmp_path / "c.toml", tmp_path / "run", shards, *layout), nproc=4)
+    assert_close(losses(tmp_path / "run"), losses(single))
