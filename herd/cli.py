@@ -364,6 +364,45 @@ def cmd_ckpt_average(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# scaling / plan
+
+
+def cmd_scaling_sweep(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.scaling.sweep import ScalingJobConfig, run_sweep
+
+    cfg = load(ScalingJobConfig, a.config, a.overrides).scaling
+    runs = len(cfg.budgets) * len(cfg.sizes) + (1 if cfg.holdout_budget else 0)
+    print(f"herd scaling sweep: {len(cfg.budgets)} budgets x {len(cfg.sizes)} shapes"
+          f"{' + 1 held-out run' if cfg.holdout_budget else ''} ({runs} runs) -> {cfg.output}")  # fmt: skip
+    t0 = time.perf_counter()
+    manifest = run_sweep(cfg, progress=sys.stderr.isatty())
+    failed = [r["name"] for r in manifest["runs"] if r.get("status") != "done"]
+    print(f"done in {time.perf_counter() - t0:.0f}s: {len(manifest['runs'])} runs in {cfg.output}/manifest.json"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))  # fmt: skip
+    print(f"next: herd scaling fit {cfg.output}")
+
+
+def cmd_scaling_fit(a: argparse.Namespace) -> None:
+    from herd.scaling.fit import fit_run, format_fit
+
+    fit = fit_run(Path(a.run_dir), Path(a.out) if a.out else None)
+    print(json.dumps(fit, indent=1) if a.json else format_fit(fit))
+
+
+def cmd_plan(a: argparse.Namespace) -> None:
+    from herd.scaling.plan import format_plan, make_plan
+
+    if a.flops is None and (a.gpus is None or a.days is None):
+        raise HerdError("give --flops C, or --gpus N and --days D (with --mfu and --peak-tflops)")
+    plan = make_plan(
+        flops=a.flops, gpus=a.gpus, days=a.days, mfu=a.mfu, peak_tflops=a.peak_tflops, law=a.law,
+        seq_len=a.seq_len, tp=a.tp, pp=a.pp, dp_shard=a.dp_shard,
+    )  # fmt: skip
+    print(json.dumps(plan, indent=1) if a.json else format_plan(plan))
+
+
+# ---------------------------------------------------------------------------------------------
 # convert / model info
 
 
@@ -603,6 +642,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--to", choices=["meta", "hf"], default="meta")
     q.add_argument("--dtype", default=None, help="cast the averaged weights (default float32)")
     q.set_defaults(func=cmd_ckpt_average)
+
+    p = sub.add_parser("scaling", help="IsoFLOP sweeps and scaling-law fits that predict downstream accuracy")
+    ssub = p.add_subparsers(dest="scaling_command", required=True)
+    q = ssub.add_parser("sweep", help="train a family of model sizes per compute budget (resumable)")
+    q.add_argument("--config", help="TOML file with a [scaling] section (see configs/scaling/tiny.toml)")
+    q.set_defaults(func=cmd_scaling_sweep, accepts_overrides=True)
+    q = ssub.add_parser("fit", help="fit IsoFLOP parabolas, power laws and the NLL -> accuracy sigmoid; plots")
+    q.add_argument("run_dir", help="directory of a sweep (holds manifest.json)")
+    q.add_argument("--out", help="where to write fit.json and the PNGs (default: the run directory)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_scaling_fit)
+
+    p = sub.add_parser("plan", help="compute-optimal model and tokens for a budget, time and memory per device")
+    p.add_argument("--flops", type=float, help="training compute budget in FLOPs (e.g. 3.8e25)")
+    p.add_argument("--gpus", type=int, help="with --days: the budget is gpus x days x peak x mfu")
+    p.add_argument("--days", type=float)
+    p.add_argument("--mfu", type=float, default=0.4)
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per device (H100 SXM: 989)")
+    p.add_argument("--law", default="llama3", help="llama3 (the paper's coefficients) or a fit.json")
+    p.add_argument("--seq-len", type=int, default=8192)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--dp-shard", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("model", help="model presets and sizes")
     msub = p.add_subparsers(dest="model_command", required=True)

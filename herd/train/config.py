@@ -156,6 +156,8 @@ class MetricsSection:
     log_interval: int = 10
     """Console line every this many steps when the console is not a terminal (a terminal gets a progress bar)."""
     tensorboard: bool = True
+    progress: bool = True
+    """A progress bar when the console is a terminal (off for runs driven by another tool, such as sweeps)."""
     peak_tflops: float = 0.0
     """Peak matmul TFLOP/s for MFU; 0 measures this machine's peak for the training dtype at start-up."""
 

@@ -50,8 +50,9 @@ class MetricsLogger:
     """Writes each step's record to metrics.jsonl and TensorBoard; shows a progress bar or periodic lines."""
 
     def __init__(
-        self, run_dir: Path, *, total_steps: int, start_step: int, tensorboard: bool, log_interval: int
-    ) -> None:
+        self, run_dir: Path, *, total_steps: int, start_step: int, tensorboard: bool, log_interval: int,
+        progress: bool = True,
+    ) -> None:  # fmt: skip
         self.path = run_dir / "metrics.jsonl"
         self.events_path = run_dir / "events.jsonl"
         self.total, self.log_interval = total_steps, log_interval
@@ -64,7 +65,7 @@ class MetricsLogger:
             # purge_step drops events a killed run wrote after the checkpoint it resumes from.
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
         self.bar = None
-        if sys.stderr.isatty():
+        if progress and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(

@@ -159,7 +159,8 @@ class Trainer:
         )
         self.metrics = (
             MetricsLogger(self.run_dir, total_steps=cfg.training.steps, start_step=self.step,
-                          tensorboard=cfg.metrics.tensorboard, log_interval=cfg.metrics.log_interval)
+                          tensorboard=cfg.metrics.tensorboard, log_interval=cfg.metrics.log_interval,
+                          progress=cfg.metrics.progress)
             if self.rank == 0 else NullLogger()
         )  # fmt: skip
         self.watchdog = Watchdog(p.watchdog_timeout, self.run_dir, self.rank) if p.watchdog_timeout else None
