@@ -157,6 +157,8 @@ def make_plan(
     attention = 3 * 4 * args.n_layers * seq_len * args.n_heads * args.head_dim
     preset = {
         "name": preset_name,
+        "shape": {k: getattr(args, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden_dim",
+                                                "vocab_size")},  # fmt: skip
         "params": total,
         "matmul_params": per_token["matmul_params"],
         "train_flops_per_token": per_token["train"],
@@ -260,7 +262,9 @@ def format_plan(plan: dict) -> str:
         lines.append(f"task NLL    {_band(pred, 'nll', '.4f')}")
         lines.append(f"accuracy    {_band(pred, 'accuracy', '.3f')}")
     lines.append(
-        f"preset      {preset['name']}: {_si(preset['params'])} params; herd train FLOPs/token at seq_len "
+        f"preset      {preset['name']}: {_si(preset['params'])} params (dim {preset['shape']['dim']}, "
+        f"{preset['shape']['n_layers']} layers, {preset['shape']['n_heads']} heads, {preset['shape']['n_kv_heads']} kv "
+        f"heads, FFN {preset['shape']['ffn_hidden_dim']}); herd train FLOPs/token at seq_len "
         f"{plan['seq_len']} = {preset['train_flops_per_token']:.4g} = {preset['ratio_to_6n']:.3f} x 6N "
         f"(attention at full context, no causal discount: +{preset['attention_share']:.1%}; embedding lookup and "
         f"norms not counted: -{preset['uncounted_share']:.1%})"
