@@ -81,6 +81,9 @@ def _compute(flops: float | None, gpus: int | None, days: float | None, rate: fl
     return gpus * days * DAY * rate, "gpus x days x peak x mfu"
 
 
+SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden_dim", "vocab_size")
+
+
 def make_plan(
     *,
     flops: float | None = None,
@@ -157,8 +160,7 @@ def make_plan(
     attention = 3 * 4 * args.n_layers * seq_len * args.n_heads * args.head_dim
     preset = {
         "name": preset_name,
-        "shape": {k: getattr(args, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden_dim",
-                                                "vocab_size")},  # fmt: skip
+        "shape": {k: getattr(args, k) for k in SHAPE_FIELDS},
         "params": total,
         "matmul_params": per_token["matmul_params"],
         "train_flops_per_token": per_token["train"],
