@@ -240,6 +240,34 @@ class HFTokenizer(Tokenizer):
             ids.insert(0, self.bos_id)
         return ids
 
+    def encode_dialog(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+        """A finished dialog and its loss mask, True on the text each assistant turn adds.
+
+        The mask comes from the chat template itself, not from searching the text: rendering the dialog up to an
+        assistant turn with the generation prompt gives what the model sees before it writes, rendering it with
+        the turn gives what it wrote, and the tokens of the full dialog whose text starts between the two are the
+        targets (the turn's end marker included, so the model learns to stop).
+        """
+        full = self.render_chat(messages, add_generation_prompt=False)
+        spans = []
+        for i, message in enumerate(messages):
+            if message.get("role") != "assistant":
+                continue
+            before = self.render_chat(messages[:i], add_generation_prompt=True)
+            after = self.render_chat(messages[: i + 1], add_generation_prompt=False)
+            if not (after.startswith(before) and full.startswith(after)):
+                raise TokenizerError(
+                    f"chat template of {self.source} does not render a dialog as a growing prefix (turn {i}), so "
+                    "its assistant turns cannot be told apart for a loss mask"
+                )
+            spans.append((len(before), len(after)))
+        encoding = self._tok.encode(full, add_special_tokens=False)
+        ids = list(encoding.ids)
+        mask = [any(start <= begin < end for start, end in spans) for begin, _ in encoding.offsets]
+        if self.add_bos and ids[:1] != [self.bos_id]:
+            ids, mask = [self.bos_id, *ids], [False, *mask]
+        return ids, mask
+
     def save(self, directory: str | Path) -> None:
         """Write tokenizer.json + tokenizer_config.json so that transformers and `from_dir` load this tokenizer."""
         directory = Path(directory)

@@ -1,0 +1,67 @@
+"""Post-training losses, on tensors: sequence log-probabilities, the reward model's ranking loss, DPO.
+
+- Reward model (Bradley-Terry, as InstructGPT and Llama 3): -log sigmoid(r_chosen - r_rejected). Llama 3 also
+  ranks an edited response above the chosen one: with an edit the loss is the sum of the three pairwise terms of
+  edited > chosen > rejected (edited-chosen, edited-rejected, chosen-rejected), each a Bradley-Terry term.
+- DPO (Rafailov et al. 2023): -log sigmoid(beta x ((pi_c - ref_c) - (pi_r - ref_r))) on summed log-probabilities of
+  the responses, plus, as in Llama 3, an NLL term on the chosen response scaled by `nll_coef` (0.2). The NLL term
+  is the chosen response's mean NLL per target token.
+Targets outside the loss are IGNORE_INDEX (-100): prompts, and the header and end-of-turn formatting tokens that
+Llama 3 masks out of DPO.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def sequence_logps(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of the targets (IGNORE_INDEX left out) and how many targets count."""
+    valid = targets_BT != IGNORE_INDEX
+    logps = torch.log_softmax(logits_BTV.float(), dim=-1)
+    picked = logps.gather(-1, targets_BT.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * valid).sum(dim=-1), valid.sum(dim=-1)
+
+
+def reward_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    edited: torch.Tensor | None = None,
+    has_edit: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean Bradley-Terry loss over a batch of pairs; rows with an edit (`has_edit`) add the edited > chosen and
+    edited > rejected terms."""
+    loss = -F.logsigmoid(chosen - rejected)
+    if edited is not None:
+        extra = -F.logsigmoid(edited - chosen) - F.logsigmoid(edited - rejected)
+        mask = torch.ones_like(loss, dtype=torch.bool) if has_edit is None else has_edit.bool()
+        loss = loss + torch.where(mask, extra, torch.zeros_like(extra))
+    return loss.mean()
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+    chosen_nll: torch.Tensor | None = None,
+    nll_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean DPO loss (+ nll_coef x mean chosen NLL) and the usual metrics (rewards, margin, accuracy)."""
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+    if nll_coef and chosen_nll is not None:
+        loss = loss + nll_coef * chosen_nll.mean()
+    metrics = {
+        "reward_chosen": chosen_reward.detach().mean(),
+        "reward_rejected": rejected_reward.detach().mean(),
+        "reward_margin": (chosen_reward - rejected_reward).detach().mean(),
+        "reward_accuracy": (chosen_reward > rejected_reward).float().mean(),
+    }
+    return loss, metrics
