@@ -9,7 +9,8 @@
 
 A step is written under `.step-00000100.partial` and renamed when every file is on disk, so a crash mid-save
 never leaves a directory that looks complete; `latest()` only sees committed steps. DCP makes the same files
-load under another parallel layout (issue: scale-out), and `keep_last` prunes older steps after a commit.
+load under another parallel layout (FSDP, TP or PP of another size), and `keep_last` prunes older steps after a
+commit.
 """
 
 from __future__ import annotations

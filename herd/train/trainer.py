@@ -1,10 +1,12 @@
 """Pretraining: the Llama 3 recipe as a loop that reads top to bottom.
 
-`Trainer.__init__` builds, in order: run directory and determinism -> schedule (ramp, learning rate, anneal) ->
-data loader (token shards, mix weights) -> model (preset + overrides, vocabulary from the shards) -> transforms
-(activation checkpointing, compile) -> AdamW -> checkpoints (resume from the latest) -> metrics.
-`train()` runs `train_step()` until the last step; each step draws one global batch, accumulates gradients over
-micro-batches (`forward_backward`), checks them, and either applies the update or skips it.
+`Trainer.__init__` builds, in order: process group and mesh (under torchrun) -> schedule (ramp, learning rate,
+anneal) -> data loader (token shards, mix weights) -> model (preset + overrides, vocabulary from the shards) ->
+parallelism and transforms (pipeline stage, tensor parallel, activation checkpointing, compile, FSDP2; see
+herd/parallel) -> AdamW -> checkpoints (resume from the latest) -> metrics.
+`train()` runs `train_step()` until the last step; each step draws one global batch, keeps this rank's rows,
+accumulates gradients over micro-batches (`forward_backward`, or the pipeline schedule), checks them, and either
+applies the update or skips it.
 
 Recovery (see `_check`): a non-finite loss or gradient norm skips the update; `recovery.max_bad_steps` of them in
 a row roll back to the last checkpoint and leave the offending batches out from then on. A loss above
