@@ -352,6 +352,27 @@ def cmd_train(a: argparse.Namespace) -> None:
     trainer.shutdown()
 
 
+def cmd_sft(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.posttrain.sft import build_sft
+    from herd.train.config import TrainJobConfig
+
+    cfg = load(TrainJobConfig, a.config, a.overrides)
+    trainer, loader = build_sft(cfg)
+    ma = trainer.model_args
+    name = cfg.posttrain.init_from or "smollm2-135m-instruct"
+    print(f"herd sft: {name} (dim {ma.dim}, {ma.n_layers} layers) on {len(loader.examples)} dialogs from "
+          f"{', '.join(cfg.posttrain.sft_data)}; run directory {trainer.run_dir}")  # fmt: skip
+    for problem in loader.problems[:5]:
+        print(f"  skipped {problem}")
+    if len(loader.problems) > 5:
+        print(f"  ... {len(loader.problems) - 5} more skipped lines")
+    summary = trainer.train()
+    print(f"done: {summary['steps']} steps in {summary['seconds']}s; final loss {summary['final_loss']:.4f} "
+          f"(assistant tokens only); {loader.truncated} dialogs cut to the sequence length")  # fmt: skip
+    print(f"  checkpoint {summary['checkpoint']}; export: herd ckpt average {summary['checkpoint']} --out DIR")
+
+
 def cmd_ckpt_average(a: argparse.Namespace) -> None:
     from herd.inference.loader import parse_dtype
     from herd.train.average import average_to
@@ -633,6 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="pretrain a model on packed shards (config file + --section.key=value)")
     p.add_argument("--config", help="TOML file of the train config (see configs/pretrain/tiny.toml)")
     p.set_defaults(func=cmd_train, accepts_overrides=True)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on jsonl dialogs (loss on assistant turns)")
+    p.add_argument("--config", help="TOML train config with a [posttrain] section (see configs/posttrain/sft.toml)")
+    p.set_defaults(func=cmd_sft, accepts_overrides=True)
 
     p = sub.add_parser("ckpt", help="checkpoint tools")
     csub = p.add_subparsers(dest="ckpt_command", required=True)

@@ -72,3 +72,11 @@ def test_shipped_pretrain_configs_load_and_pass_their_checks() -> None:
         cfg.check()
         schedule = Schedule(cfg)
         assert schedule.anneal_start <= cfg.training.steps, path  # each shipped recipe ends with an anneal
+    for path in sorted((Path(__file__).parents[1] / "configs" / "posttrain").glob("*.toml")):
+        cfg = load(TrainJobConfig, path)
+        cfg.check()
+        assert cfg.posttrain.sft_data, path
+    from herd.scaling.sweep import ScalingJobConfig
+
+    for path in sorted((Path(__file__).parents[1] / "configs" / "scaling").glob("*.toml")):
+        assert len(load(ScalingJobConfig, path).scaling.sizes) >= 3, path

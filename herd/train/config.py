@@ -196,6 +196,18 @@ class FaultsSection:
 
 
 @dataclass(kw_only=True, slots=True)
+class PosttrainSection:
+    """Fine-tuning a model on dialogs instead of pretraining on shards (`herd sft`)."""
+
+    init_from: str = ""
+    """The model to start from: an embedded name (smollm2-135m-instruct), an HF/Meta directory or a .gguf file."""
+    sft_data: list[str] = field(default_factory=list)
+    """jsonl files of dialogs ({"messages": [...]}); the loss is on the assistant turns only."""
+    on_error: str = "skip"
+    """A bad jsonl line: skip (counted, reported with file:line) or stop."""
+
+
+@dataclass(kw_only=True, slots=True)
 class TrainJobConfig:
     job: JobSection = field(default_factory=JobSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -209,6 +221,7 @@ class TrainJobConfig:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     recovery: RecoverySection = field(default_factory=RecoverySection)
     faults: FaultsSection = field(default_factory=FaultsSection)
+    posttrain: PosttrainSection = field(default_factory=PosttrainSection)
 
     def check(self, *, world_size: int = 1, tp: int = 1) -> None:
         """Raise ConfigError naming the key of the first value that cannot work (world_size: data-parallel
@@ -221,7 +234,8 @@ class TrainJobConfig:
         _choice("recovery.spike_action", self.recovery.spike_action, ("skip", "rollback"))
         if self.model.preset not in PRESETS:
             raise ConfigError(f"model.preset={self.model.preset!r}: unknown; presets are {', '.join(PRESETS)}")
-        if not self.data.shards:
+        _choice("posttrain.on_error", self.posttrain.on_error, ("skip", "stop"))
+        if not self.data.shards and not self.posttrain.sft_data:
             raise ConfigError("data.shards: no shard directories given (write them with `herd data pack`)")
         if o.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {o.lr}")

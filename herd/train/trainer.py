@@ -70,7 +70,10 @@ class Trainer:
     loss_mean: float | None
     good_steps: int
 
-    def __init__(self, cfg: TrainJobConfig) -> None:
+    def __init__(self, cfg: TrainJobConfig, *, loader: MixLoader | None = None, initial=None) -> None:
+        """`loader` replaces the shard loader (post-training stages pass their dialog loaders; anything with
+        MixLoader's interface works). `initial` = (ModelArgs, state dict) starts from those weights instead of a
+        fresh initialization."""
         self.cfg = cfg
         self.device = _device(cfg.training.device)
         self.rank, self.world_size = world()
@@ -89,17 +92,29 @@ class Trainer:
         self.schedule = Schedule(cfg)
         seq_lens = [s["seq_len"] for s in self.schedule.stages()]
         chunk = cfg.data.chunk_tokens or max(seq_lens) + 1
-        self.loader = MixLoader(cfg.data.shards, weights=cfg.data.weights, seed=cfg.job.seed, chunk_tokens=chunk)
+        self.loader = loader or MixLoader(cfg.data.shards, weights=cfg.data.weights, seed=cfg.job.seed,
+                                          chunk_tokens=chunk)  # fmt: skip
         self.tokenizer_files = _tokenizer_files(self.loader.tokenizer, self.loader.tokenizer_dir)
         self.run_dir = Path(cfg.job.dump_folder)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
-        self.model_args = model_args(cfg.model, vocab_size=self.loader.vocab_size, seq_len=max(seq_lens))
-        # Every rank initializes the whole model from the seed, then keeps its shards: the weights are the same
-        # under any layout, so a parallel run starts exactly where one process would.
+        if initial is None:
+            self.model_args = model_args(cfg.model, vocab_size=self.loader.vocab_size, seq_len=max(seq_lens))
+        else:
+            self.model_args = initial[0]
+            if self.model_args.vocab_size < self.loader.vocab_size or self.model_args.max_seq_len < max(seq_lens):
+                raise TrainError(f"the initial model (vocab {self.model_args.vocab_size}, context "
+                                 f"{self.model_args.max_seq_len}) is too small for this data (vocab "
+                                 f"{self.loader.vocab_size}, seq_len {max(seq_lens)})")  # fmt: skip
+        # Every rank initializes the whole model from the seed (or loads the initial weights), then keeps its
+        # shards: the weights are the same under any layout, so a parallel run starts where one process would.
         self.model = build_model(self.model_args, device=self.device, init=False)
         torch.manual_seed(cfg.job.seed)
-        self.model.init_weights(std=cfg.model.init_std)
+        if initial is None:
+            self.model.init_weights(std=cfg.model.init_std)
+        else:
+            self.model.load_state_dict({k: v.float() for k, v in initial[1].items()}, strict=True)
+            self.model.tie_weights()
         bf16 = cfg.training.dtype == "bfloat16"
         _check_layout(self.model_args, self.dims)
         if self.dims.pp > 1:

@@ -1,0 +1,67 @@
+import json
+import random
+
+import pytest
+import torch
+
+from herd.config import load
+from herd.inference.loader import load_pretrained, resolve_model_path
+from herd.posttrain.loader import DialogLoader
+from herd.posttrain.losses import IGNORE_INDEX
+from herd.posttrain.sft import build_sft
+from herd.tokenizer import HFTokenizer
+from herd.train.average import average_to
+from herd.train.config import TrainJobConfig
+
+
+def write_dialogs(path, n: int = 24, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        lines.append(json.dumps({"messages": [
+            {"role": "system", "content": "Answer with one sentence."},
+            {"role": "user", "content": f"What is {a} plus {b}?"},
+            {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+        ]}))  # fmt: skip
+    lines.append('{"messages": [{"role": "robot", "content": "beep"}]}')
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> HFTokenizer:
+    return HFTokenizer.from_gguf(resolve_model_path(None))
+
+
+def test_packed_dialogs_target_only_assistant_tokens_and_resume_exactly(tokenizer, tmp_path) -> None:
+    write_dialogs(tmp_path / "d.jsonl")
+    loader = DialogLoader([str(tmp_path / "d.jsonl")], tokenizer, seed=1, on_error="skip", work_dir=tmp_path)
+    assert len(loader.examples) == 24 and "unknown role 'robot'" in loader.problems[0]
+    batch = loader.next_batch(2, 128)
+    assert int(batch.doc_ids[0].max()) >= 2  # several dialogs per row
+    text = tokenizer.decode(batch.targets[batch.targets != IGNORE_INDEX].tolist())
+    assert "plus" in text and "<|im_end|>" in text and "What is" not in text and "one sentence" not in text
+    state = json.loads(json.dumps(loader.state_dict()))
+    again = DialogLoader([str(tmp_path / "d.jsonl")], tokenizer, seed=1, on_error="skip", work_dir=tmp_path)
+    again.load_state_dict(state)
+    for _ in range(12):  # across epoch boundaries
+        x, y = loader.next_batch(2, 128), again.next_batch(2, 128)
+        assert torch.equal(x.tokens, y.tokens) and torch.equal(x.targets, y.targets)
+
+
+def test_sft_on_the_embedded_model_learns_and_exports_with_its_tokenizer(tmp_path) -> None:
+    write_dialogs(tmp_path / "d.jsonl")
+    cfg = load(TrainJobConfig, None, [
+        f"job.dump_folder='{tmp_path / 'run'}'", f"posttrain.sft_data=['{tmp_path / 'd.jsonl'}']",
+        "training.steps=4", "training.seq_len=128", "training.batch_tokens=256", "optim.lr=1e-4",
+        "lr_schedule.warmup_steps=1", "metrics.tensorboard=false", "metrics.peak_tflops=1.0", "metrics.log_interval=0",
+    ])  # fmt: skip
+    trainer, _ = build_sft(cfg)
+    trainer.train()
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] / 2, losses
+    average_to([tmp_path / "run" / "checkpoints" / "step-00000004"], tmp_path / "model", to="hf")
+    model = load_pretrained(str(tmp_path / "model"))
+    prompt = model.tokenizer.encode_chat([{"role": "system", "content": "Answer with one sentence."},
+                                          {"role": "user", "content": "What is 5 plus 7?"}])  # fmt: skip
+    assert model.tokenizer.chat_template is not None and len(prompt) > 10
