@@ -211,7 +211,15 @@ def make_plan(
         "memory": memory,
         "prediction": pred if fit is not None else None,
         "paper": None,
+        "warnings": [],
     }
+    if fit is not None:
+        largest = max(b["budget"] for b in fit["budgets"])
+        if c > 100 * largest:
+            plan["warnings"].append(
+                f"extrapolating {math.log10(c / largest):.1f} orders of magnitude beyond the sweep's largest budget "
+                f"({largest:.3g} FLOPs): the fitted laws were not tested there, so read the prediction as illustration"
+            )
     if fit is None and abs(c / PAPER_FLOPS - 1) < 0.01:
         plan["paper"] = {
             "flops": PAPER_FLOPS,
@@ -290,4 +298,5 @@ def format_plan(plan: dict) -> str:
         f"{gib['grads']:.1f}, optimizer {gib['optimizer']:.1f}, FSDP buffers {gib['fsdp_buffers']:.1f}, "
         f"activations {gib['activations']:.1f}"
     )
+    lines += [f"warning: {w}" for w in plan.get("warnings", [])]
     return "\n".join(lines)

@@ -123,6 +123,10 @@ def test_herd_fit_law_plans_with_its_own_laws_and_predictions(tmp_path) -> None:
     for word in ("n_opt", "loss", "task NLL", "accuracy", "seq_len 256"):
         assert word in text
     assert plan["paper"] is None
+    # 1e22 is one decade past the sweep: no warning; far beyond it the plan says the laws were not tested there.
+    assert not plan["warnings"]
+    far = make_plan(flops=1e25, law=law)
+    assert "extrapolating 4.0 orders of magnitude" in format_plan(far)
 
 
 def test_bad_inputs_raise_one_line_errors(tmp_path) -> None:
