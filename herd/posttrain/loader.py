@@ -9,7 +9,9 @@ changes every epoch, and the position is `state_dict()`, so runs resume exactly 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +90,20 @@ class DialogLoader:
 def _save_tokenizer(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
     """Write the tokenizer beside the run (checkpoints copy it from there); its identity, as pack manifests hold."""
     directory.mkdir(parents=True, exist_ok=True)
-    if isinstance(tokenizer, HFTokenizer):
-        tokenizer.save(directory)
-    elif isinstance(tokenizer, Llama3Tokenizer):
-        shutil.copyfile(tokenizer.path, directory / "tokenizer.model")
-    else:
-        raise DataError(f"cannot save a {type(tokenizer).__name__} beside the run")
+    # Under torchrun every rank writes the same files: each goes to a private directory first and is renamed into
+    # place, so a reader never sees half a file whichever rank wins.
+    private = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=directory.parent))
+    try:
+        if isinstance(tokenizer, HFTokenizer):
+            tokenizer.save(private)
+        elif isinstance(tokenizer, Llama3Tokenizer):
+            shutil.copyfile(tokenizer.path, private / "tokenizer.model")
+        else:
+            raise DataError(f"cannot save a {type(tokenizer).__name__} beside the run")
+        for path in private.iterdir():
+            os.replace(path, directory / path.name)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     files = sorted(p for p in directory.iterdir() if p.is_file())
     return {
         "spec": str(directory),
