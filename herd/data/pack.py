@@ -57,7 +57,7 @@ def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
     files = _input_files(cfg.input)
     tokenizer = load_tokenizer(None if cfg.tokenizer == "llama3" else cfg.tokenizer)
     identity = tokenizer_identity(cfg.tokenizer, tokenizer)
-    inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files]
+    inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("input", "output", "mix", "mix_tokens")}
     key = {"version": PACK_VERSION, "tokenizer": identity, "inputs": inputs, "settings": settings}
     out = Path(cfg.output)
@@ -148,7 +148,7 @@ def tokenizer_identity(spec: str, tokenizer: Tokenizer) -> dict[str, Any]:
     return {
         "spec": spec,
         "kind": type(tokenizer).__name__,
-        "files_sha256": {p.name: _sha256(p) for p in tokenizer_files(spec, tokenizer)},
+        "files_sha256": {p.name: sha256_file(p) for p in tokenizer_files(spec, tokenizer)},
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
@@ -199,7 +199,8 @@ def _records(files: list[Path], skipped: list[str], progress: bool) -> Iterator[
                     yield record, where
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -8,7 +8,6 @@ changes every epoch, and the position is `state_dict()`, so runs resume exactly 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from herd.data.loader import Batch
+from herd.data.pack import tokenizer_identity
 from herd.errors import DataError
 from herd.posttrain.data import read_jsonl, sft_example
 from herd.posttrain.losses import IGNORE_INDEX
@@ -104,12 +104,4 @@ def _save_tokenizer(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
             os.replace(path, directory / path.name)
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    files = sorted(p for p in directory.iterdir() if p.is_file())
-    return {
-        "spec": str(directory),
-        "kind": type(tokenizer).__name__,
-        "files_sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
-        "vocab_size": tokenizer.vocab_size,
-        "bos_id": tokenizer.bos_id,
-        "eos_id": tokenizer.eos_id,
-    }
+    return tokenizer_identity(str(directory), tokenizer)

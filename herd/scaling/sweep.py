@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from herd.config import ConfigError, load
-from herd.data.loader import IGNORE_INDEX, MixLoader
+from herd.data.loader import MixLoader
 from herd.data.pack import PackConfig, _input_files, _records, pack
 from herd.errors import HerdError
 from herd.fileio import atomic_file
@@ -197,7 +196,7 @@ def train_run(
         f"job.dump_folder={json.dumps(str(out / 'runs' / name))}", f"job.seed={cfg.seed}",
         f"data.shards=[{json.dumps(str(train_dir))}]", "model.preset='tiny'", f"model.dim={args.dim}",
         f"model.n_layers={args.n_layers}", f"model.n_heads={args.n_heads}", f"model.n_kv_heads={args.n_kv_heads}",
-        "model.multiple_of=16", f"training.steps={steps}", f"training.seq_len={cfg.seq_len}",
+        f"model.multiple_of={args.multiple_of}", f"training.steps={steps}", f"training.seq_len={cfg.seq_len}",
         f"training.batch_tokens={cfg.batch_tokens}", f"optim.lr={cfg.lr}",
         f"lr_schedule.warmup_steps={min(steps - 1, max(1, round(cfg.warmup_fraction * steps)))}",
         f"lr_schedule.min_lr_ratio={cfg.min_lr_ratio}", "checkpoint.interval=0", "checkpoint.keep_last=1",
@@ -219,14 +218,15 @@ def train_run(
 @torch.no_grad()
 def validation_loss(model, val_dir: Path, cfg: SweepSection) -> float:
     """Mean NLL per target token over the same `eval_batches` held-out batches for every run."""
+    from herd.train.trainer import summed_cross_entropy
+
     loader = MixLoader([str(val_dir)], seed=1234, chunk_tokens=cfg.seq_len + 1)
     model.eval()
     total, count = 0.0, 0
     for _ in range(cfg.eval_batches):
         b = loader.next_batch(cfg.batch_tokens // cfg.seq_len, cfg.seq_len)
         logits = model(b.tokens, positions_BT=document_positions(b.doc_ids), mask=document_mask(b.doc_ids))
-        total += float(F.cross_entropy(logits.flatten(0, 1), b.targets.flatten(), ignore_index=IGNORE_INDEX,
-                                       reduction="sum"))  # fmt: skip
+        total += float(summed_cross_entropy(logits, b.targets))
         count += b.num_targets
     model.train()
     return total / count

@@ -19,7 +19,6 @@ means), so gradient accumulation and data-parallel sharding give the same update
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from torch.distributed.tensor import DTensor
 
 from herd.config import to_toml
 from herd.data.loader import IGNORE_INDEX, Batch, MixLoader
+from herd.data.pack import sha256_file
 from herd.errors import TrainError
 from herd.fileio import atomic_file
 from herd.model import ModelArgs, build_model, document_mask, document_positions, flops_per_token, get_preset
@@ -303,9 +303,7 @@ class Trainer:
         doc_ids = micro.doc_ids.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.model(tokens, positions_BT=document_positions(doc_ids), mask=document_mask(doc_ids))
-        loss_sum = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        loss_sum = summed_cross_entropy(logits, targets)
         if scale != 1.0:  # an injected loss spike
             loss_sum = loss_sum * scale
         (loss_sum * self.dims.dp / max(num_targets, 1)).backward()
@@ -328,9 +326,7 @@ class Trainer:
         return all_reduce_sum(loss_sum, self.mesh["pp"])
 
     def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss_sum = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        loss_sum = summed_cross_entropy(logits, targets)
         return loss_sum * self._pp_scale * self.dims.dp / self._pp_targets
 
     def _clip_gradients(self) -> float:
@@ -510,6 +506,13 @@ class NullLogger:
 # building blocks
 
 
+def summed_cross_entropy(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the targets (IGNORE_INDEX left out), in float32; callers divide by the count."""
+    return F.cross_entropy(
+        logits_BTV.flatten(0, 1).float(), targets_BT.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
 def model_args(section: ModelSection, *, vocab_size: int, seq_len: int) -> ModelArgs:
     """The preset with the section's overrides; the vocabulary comes from the shards' tokenizer."""
     changes = {
@@ -573,7 +576,7 @@ def _tokenizer_files(identity: dict[str, Any], packed_copy: Path) -> list[Path]:
         path = base / name
         if not path.is_file():
             raise TrainError(f"{path}: the tokenizer the shards were packed with is gone (pack manifest: {spec})")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if sha256_file(path) != digest:
             raise TrainError(f"{path}: changed since the shards were packed with it; re-pack or restore the file")
         files.append(path)
     return files
