@@ -3,6 +3,8 @@
     SFT line:         {"messages": [{"role": "system" | "user" | "assistant" | "ipython" | "tool", "content": "...",
                                      "tool_calls": [...]}, ...]}
     preference line:  {"messages": [...the prompt...], "chosen": "...", "rejected": "...", "edited": "..."?}
+    prompt line:      {"messages": [...ending with a user or ipython turn...], "item": {...}?} (rejection sampling,
+                      PPO; "item" carries what a verifiable checker needs)
 
 A bad line (not JSON, not an object, an unknown role, an empty response, a pair whose responses are identical) is
 reported as `file:line: reason`; `on_error="skip"` counts and skips it, `"stop"` raises at the first one.
@@ -34,9 +36,10 @@ class ReadResult:
 
 
 def read_jsonl(path: str | Path, *, kind: str, on_error: str = "skip") -> ReadResult:
-    """Records of an SFT (`kind="sft"`) or preference (`kind="preference"`) jsonl file, each checked."""
-    if kind not in ("sft", "preference"):
-        raise ValueError(f"kind={kind!r}: expected sft or preference")
+    """Records of an SFT (`kind="sft"`), preference (`"preference"`) or prompt (`"prompt"`) jsonl file, each
+    checked."""
+    if kind not in ("sft", "preference", "prompt"):
+        raise ValueError(f"kind={kind!r}: expected sft, preference or prompt")
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error={on_error!r}: expected skip or stop")
     path = Path(path)
@@ -82,6 +85,8 @@ def _check(record: Any, kind: str) -> str | None:
             return f"message {i}: empty assistant response"
     if kind == "sft":
         return None if any(m["role"] == "assistant" for m in messages) else "no assistant turn to learn from"
+    if kind == "prompt":
+        return "the prompt ends with an assistant turn" if messages[-1]["role"] == "assistant" else None
     for key in ("chosen", "rejected"):
         if not isinstance(record.get(key), str) or not record[key].strip():
             return f"empty or missing {key!r} response"
@@ -99,8 +104,34 @@ def encode_dialog(tokenizer: Tokenizer, messages: list[dict[str, Any]]) -> tuple
 
         return ChatFormat(tokenizer).encode_dialog([Message.from_dict(m, index=i) for i, m in enumerate(messages)])
     if isinstance(tokenizer, HFTokenizer):
-        return tokenizer.encode_dialog(messages)
+        return tokenizer.encode_dialog(template_messages(tokenizer, messages))
     raise TypeError(f"no chat renderer for {type(tokenizer).__name__}")
+
+
+def encode_prompt(tokenizer: Tokenizer, messages: list[dict[str, Any]]) -> list[int]:
+    """Tokens of a dialog so far followed by the assistant's header, ready for generation."""
+    if isinstance(tokenizer, HFTokenizer):
+        messages = template_messages(tokenizer, messages)
+    return tokenizer.encode_chat(messages, add_generation_prompt=True)
+
+
+def template_messages(tokenizer: HFTokenizer, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """herd's neutral tool messages in the form a jinja template without tool support renders: each call as a
+    JSON object {"name", "arguments"} in the assistant text, results in the "tool" role. Templates that handle
+    `tool_calls` themselves get the messages unchanged."""
+    if tokenizer.chat_template is not None and "tool_calls" in tokenizer.chat_template:
+        return messages
+    out = []
+    for m in messages:
+        m = dict(m)
+        if calls := m.pop("tool_calls", None):
+            fns = [c.get("function", c) for c in calls]  # OpenAI's form nests the call under "function"
+            texts = [json.dumps({"name": f["name"], "arguments": f.get("arguments", {})}) for f in fns]
+            m["content"] = "\n".join(filter(None, [m.get("content", ""), *texts]))
+        if m["role"] == "ipython":
+            m["role"] = "tool"
+        out.append(m)
+    return out
 
 
 def sft_example(tokenizer: Tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:

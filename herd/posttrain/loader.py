@@ -40,7 +40,7 @@ class DialogLoader:
         self.seed, self.vocab_size = seed, tokenizer.vocab_size
         self.epoch = self.pos = self.batches = self.truncated = 0
         self.tokenizer_dir = work_dir / "tokenizer"
-        self.tokenizer = _save_tokenizer(tokenizer, self.tokenizer_dir)
+        self.tokenizer = save_tokenizer(tokenizer, self.tokenizer_dir)
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """One source: mix weights do not apply."""
@@ -87,7 +87,7 @@ class DialogLoader:
         self.truncated = state["truncated"]
 
 
-def _save_tokenizer(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
+def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
     """Write the tokenizer beside the run (checkpoints copy it from there); its identity, as pack manifests hold."""
     directory.mkdir(parents=True, exist_ok=True)
     # Under torchrun every rank writes the same files: each goes to a private directory first and is renamed into

@@ -1,0 +1,116 @@
+"""Preference pairs -> tensors, for the reward model and DPO.
+
+Each side of a pair is the prompt followed by one response as the assistant's turn, rendered by the dialog's own
+chat format (herd/posttrain/data.py). Only the final turn is a target: earlier assistant turns belong to the prompt.
+DPO also leaves the end-of-turn token (and whatever the template puts after it) out of the loss, as Llama 3
+masks its formatting tokens; the header is part of the prompt already. Pairs are split into train and held-out
+by a hash of the prompt, so one prompt never sits on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from herd.data.loader import IGNORE_INDEX
+from herd.errors import DataError
+from herd.posttrain.data import encode_dialog, read_jsonl
+from herd.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class Side:
+    ids: list[int]
+    """The whole rendered dialog."""
+    targets: list[int]
+    """targets[i] = ids[i + 1] where that token is part of the final response's loss, else IGNORE_INDEX."""
+
+
+@dataclass(slots=True)
+class Pair:
+    key: str
+    chosen: Side
+    rejected: Side
+    edited: Side | None = None
+
+
+def prompt_key(messages: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+
+
+def held_out(key: str, fraction: float, seed: int) -> bool:
+    """Deterministic split: the same prompt lands on the same side for a given seed."""
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+def encode_response(tokenizer: Tokenizer, messages: list[dict[str, Any]], response: str, *, content_only: bool) -> Side:
+    """The prompt + `response` as the last assistant turn, with targets on that turn only (`content_only`: up to,
+    not including, its end-of-turn token)."""
+    ids, mask = encode_dialog(tokenizer, [*messages, {"role": "assistant", "content": response}])
+    end = len(mask)
+    while end > 0 and not mask[end - 1]:
+        end -= 1
+    start = end
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    if content_only:
+        stops = [i for i in range(start, end) if ids[i] in tokenizer.stop_ids]
+        end = stops[0] if stops else end
+    targets = [ids[i] if start <= i < end else IGNORE_INDEX for i in range(1, len(ids))]
+    return Side(ids, targets)
+
+
+@dataclass(slots=True)
+class PairData:
+    train: list[Pair]
+    held_out: list[Pair]
+    problems: list[str]
+    """`file:line: reason` of every skipped line."""
+    too_long: int
+
+
+def load_pairs(
+    files: list[str], tokenizer: Tokenizer, *, on_error: str, max_seq_len: int, eval_fraction: float, seed: int,
+    content_only: bool, use_edited: bool = True,
+) -> PairData:  # fmt: skip
+    data = PairData([], [], [], 0)
+    for file in files:
+        result = read_jsonl(file, kind="preference", on_error=on_error)
+        data.problems += result.problems
+        for record in result.records:
+            messages = record["messages"]
+
+            def side(response: str, messages: list[dict[str, Any]] = messages) -> Side:
+                return encode_response(tokenizer, messages, response, content_only=content_only)
+
+            edited = side(record["edited"]) if use_edited and record.get("edited") else None
+            pair = Pair(prompt_key(messages), side(record["chosen"]), side(record["rejected"]), edited)
+            sides = [pair.chosen, pair.rejected] + ([edited] if edited else [])
+            if max(len(s.ids) for s in sides) > max_seq_len:
+                data.too_long += 1
+                continue
+            (data.held_out if held_out(pair.key, eval_fraction, seed) else data.train).append(pair)
+    if not data.train:
+        why = data.problems[:1]
+        if data.too_long:
+            why.append(f"{data.too_long} longer than data.max_seq_len={max_seq_len}")
+        raise DataError(f"no usable training pairs in {', '.join(files)}" + (f" ({'; '.join(why)})" if why else ""))
+    return data
+
+
+def pad(sides: list[Side], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (tokens, targets, last) for model(tokens): with causal attention a real token never sees the
+    padding after it, so no mask is needed. `last` is each row's final real position."""
+    T = max(len(s.ids) for s in sides)
+    tokens = torch.zeros(len(sides), T, dtype=torch.long)
+    targets = torch.full((len(sides), T), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(sides):
+        tokens[i, : len(s.ids)] = torch.tensor(s.ids)
+        targets[i, : len(s.targets)] = torch.tensor(s.targets)
+    last = torch.tensor([len(s.ids) - 1 for s in sides])
+    return tokens.to(device), targets.to(device), last.to(device)

@@ -1,0 +1,107 @@
+import json
+import random
+
+import pytest
+import torch
+
+from herd.config import ConfigError, load
+from herd.data.loader import IGNORE_INDEX
+from herd.errors import DataError
+from herd.posttrain.config import DPOJobConfig, RewardJobConfig
+from herd.posttrain.dpo import run_dpo
+from herd.posttrain.preference import encode_response, load_pairs
+from herd.posttrain.reward import load_reward_model, run_rm
+from herd.tokenizer import load_tokenizer
+
+
+def write_pairs(path, n: int = 48, seed: int = 0, edited: bool = False) -> None:
+    """Chosen answers state the sum; rejected ones decline. Learnable from the tokens alone."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        record = {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+                  "chosen": f"{a} plus {b} is {a + b}.", "rejected": "No idea, sorry."}  # fmt: skip
+        if edited:
+            record["edited"] = f"The sum of {a} and {b} is {a + b}."
+        lines.append(json.dumps(record))
+    lines.append('{"messages": [{"role": "user", "content": "hi"}], "chosen": "same", "rejected": "same"}')
+    lines.append("{not json")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_dpo_targets_are_the_final_response_without_header_or_end_of_turn(smol_tokenizer) -> None:
+    messages = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "earlier answer"},
+                {"role": "user", "content": "Q2"}]  # fmt: skip
+    for tokenizer in (smol_tokenizer, load_tokenizer("llama3")):
+        side = encode_response(tokenizer, messages, "the final answer", content_only=True)
+        kept = [t for t in side.targets if t != IGNORE_INDEX]
+        assert tokenizer.decode(kept) == "the final answer"
+        full = encode_response(tokenizer, messages, "the final answer", content_only=False)
+        text = tokenizer.decode([t for t in full.targets if t != IGNORE_INDEX])
+        assert text.startswith("the final answer") and "earlier" not in text and len(text) > len("the final answer")
+        assert any(t in tokenizer.stop_ids for t in full.targets)
+
+
+def test_pairs_are_checked_per_line_and_split_by_prompt(smol_tokenizer, tmp_path) -> None:
+    write_pairs(tmp_path / "p.jsonl")
+    data = load_pairs([str(tmp_path / "p.jsonl")], smol_tokenizer, on_error="skip", max_seq_len=256,
+                      eval_fraction=0.25, seed=0, content_only=False)  # fmt: skip
+    assert len(data.train) + len(data.held_out) == 48 and 4 <= len(data.held_out) <= 20
+    assert {p.key for p in data.train}.isdisjoint(p.key for p in data.held_out)
+    assert [p.split(": ", 1)[1] for p in data.problems] == [
+        "chosen and rejected responses are identical", "invalid JSON (Expecting property name enclosed in double "
+        "quotes at column 2)"]  # fmt: skip
+    assert data.problems[0].startswith(f"{tmp_path / 'p.jsonl'}:49")
+    with pytest.raises(DataError, match=r"p.jsonl:49: chosen and rejected"):
+        load_pairs([str(tmp_path / "p.jsonl")], smol_tokenizer, on_error="stop", max_seq_len=256, eval_fraction=0.25,
+                   seed=0, content_only=False)  # fmt: skip
+
+
+def test_reward_model_learns_the_preference_and_reloads_with_the_same_scores(tiny_chat_model, tmp_path) -> None:
+    write_pairs(tmp_path / "p.jsonl", edited=True)
+    cfg = load(RewardJobConfig, None, [
+        f"job.dump_folder='{tmp_path / 'rm'}'", f"model.init_from='{tiny_chat_model}'", "model.dtype=float32",
+        f"data.train=['{tmp_path / 'p.jsonl'}']", "data.eval_fraction=0.25", "optim.lr=3e-3", "optim.epochs=3",
+        "optim.batch_size=8", "optim.micro_batch_size=8",
+    ])  # fmt: skip
+    summary = run_rm(cfg)
+    assert summary["held_out_accuracy_after"] == 1.0 and summary["skipped_lines"] == 2
+    rm, tokenizer = load_reward_model(tmp_path / "rm" / "model")
+    prompt = [{"role": "user", "content": "What is 3 plus 4?"}]
+    good, bad = rm.score(tokenizer, [prompt, prompt], ["3 plus 4 is 7.", "No idea, sorry."])
+    assert good > bad
+    assert json.loads((tmp_path / "rm" / "summary.json").read_text())["held_out_accuracy_after"] == 1.0
+
+
+def test_dpo_raises_the_chosen_margin_on_held_out_pairs_and_caches_the_reference(tiny_chat_model, tmp_path) -> None:
+    write_pairs(tmp_path / "p.jsonl")
+    overrides = [
+        f"job.dump_folder='{tmp_path / 'dpo'}'", f"model.init_from='{tiny_chat_model}'", "model.dtype=float32",
+        f"data.train=['{tmp_path / 'p.jsonl'}']", "data.eval_fraction=0.25", "optim.lr=3e-3", "optim.epochs=2",
+        "optim.batch_size=8", "optim.micro_batch_size=8", "model.lora_rank=8",
+    ]  # fmt: skip
+    summary = run_dpo(load(DPOJobConfig, None, overrides))
+    before, after = summary["held_out_before"], summary["held_out_after"]
+    assert before["eval_reward_margin"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
+    assert after["eval_reward_margin"] > 0.2 and after["eval_reward_accuracy"] == 1.0
+    assert after["eval_loss"] < before["eval_loss"]
+    cache = torch.load(tmp_path / "dpo" / "reference_logps.pt")
+    assert len(cache) == summary["train_pairs"] + summary["held_out_pairs"]
+    # The export has LoRA merged: it loads as a plain model whose held-out log-probs moved toward chosen.
+    from herd.inference.loader import load_pretrained
+
+    exported = load_pretrained(str(tmp_path / "dpo" / "model"))
+    assert not any("lora" in k for k in exported.model.state_dict())
+
+
+def test_bad_stage_config_names_the_key() -> None:
+    from herd.posttrain.config import check
+
+    with pytest.raises(ConfigError, match="dpo.beta"):
+        check(load(DPOJobConfig, None, ["data.train=['x.jsonl']", "dpo.beta=0"]))
+    with pytest.raises(ConfigError, match="optim.batch_size=6"):
+        check(load(RewardJobConfig, None, ["data.train=['x.jsonl']", "optim.batch_size=6",
+                                           "optim.micro_batch_size=4"]))  # fmt: skip
+    with pytest.raises(ConfigError, match="data.train"):
+        check(load(RewardJobConfig, None, []))
