@@ -354,23 +354,101 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_sft(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.posttrain.sft import build_sft
+    from herd.posttrain.sft import build_sft, export_sft
     from herd.train.config import TrainJobConfig
 
     cfg = load(TrainJobConfig, a.config, a.overrides)
     trainer, loader = build_sft(cfg)
     ma = trainer.model_args
     name = cfg.posttrain.init_from or "smollm2-135m-instruct"
-    print(f"herd sft: {name} (dim {ma.dim}, {ma.n_layers} layers) on {len(loader.examples)} dialogs from "
+    lora = f", LoRA rank {cfg.posttrain.lora_rank}" if cfg.posttrain.lora_rank else ""
+    print(f"herd sft: {name} (dim {ma.dim}, {ma.n_layers} layers{lora}) on {len(loader.examples)} dialogs from "
           f"{', '.join(cfg.posttrain.sft_data)}; run directory {trainer.run_dir}")  # fmt: skip
-    for problem in loader.problems[:5]:
-        print(f"  skipped {problem}")
-    if len(loader.problems) > 5:
-        print(f"  ... {len(loader.problems) - 5} more skipped lines")
+    _print_problems(loader.problems)
     summary = trainer.train()
     print(f"done: {summary['steps']} steps in {summary['seconds']}s; final loss {summary['final_loss']:.4f} "
           f"(assistant tokens only); {loader.truncated} dialogs cut to the sequence length")  # fmt: skip
-    print(f"  checkpoint {summary['checkpoint']}; export: herd ckpt average {summary['checkpoint']} --out DIR")
+    out = export_sft(trainer, loader)
+    trainer.shutdown()
+    print(f"  checkpoint {summary['checkpoint']}; model {out}")
+
+
+def _print_problems(problems: list[str]) -> None:
+    for problem in problems[:5]:
+        print(f"  skipped {problem}")
+    if len(problems) > 5:
+        print(f"  ... {len(problems) - 5} more skipped lines")
+
+
+def cmd_rm(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.posttrain.config import RewardJobConfig
+    from herd.posttrain.reward import run_rm
+
+    s = run_rm(load(RewardJobConfig, a.config, a.overrides))
+    _print_problems(s["problems"])
+    print(f"done: {s['steps']} steps on {s['train_pairs']} pairs; held-out pairwise accuracy "
+          f"{s['held_out_accuracy_before']:.3f} -> {s['held_out_accuracy_after']:.3f} ({s['held_out_pairs']} pairs); "
+          f"model {s['model']}")  # fmt: skip
+
+
+def cmd_dpo(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.posttrain.config import DPOJobConfig
+    from herd.posttrain.dpo import run_dpo
+
+    s = run_dpo(load(DPOJobConfig, a.config, a.overrides))
+    _print_problems(s["problems"])
+    before, after = s["held_out_before"], s["held_out_after"]
+    held = (f"; held-out reward accuracy {before['eval_reward_accuracy']:.3f} -> {after['eval_reward_accuracy']:.3f}, "
+            f"margin {after['eval_reward_margin']:.3f}") if after else ""  # fmt: skip
+    print(f"done: {s['steps']} steps on {s['train_pairs']} pairs, final loss {s['final_loss']:.4f}{held}; "
+          f"model {s['model']}")  # fmt: skip
+
+
+def cmd_rs(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.posttrain.config import RejectionJobConfig
+    from herd.posttrain.rejection import run_rs
+
+    s = run_rs(load(RejectionJobConfig, a.config, a.overrides))
+    _print_problems(s["problems"])
+    print(f"done: {s['samples']} samples for {s['prompts']} prompts ({s['samples_per_s']} samples/s, "
+          f"{s['tokens_per_s']} tokens/s); mean score {s['mean_score']:.3f}, best-of-K {s['mean_best_score']:.3f}; "
+          f"kept {s['kept']} -> {s['output']}, {s['pairs']} pairs -> {s['pairs_output']}")  # fmt: skip
+
+
+def cmd_ppo(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.posttrain.config import PPOJobConfig
+    from herd.posttrain.ppo import run_ppo
+
+    s = run_ppo(load(PPOJobConfig, a.config, a.overrides))
+    _print_problems(s["problems"])
+    print(f"done: {s['steps']} steps; mean score {s['score_first']:.3f} (first step) -> {s['score_last']:.3f} "
+          f"(last); model {s['model']}")  # fmt: skip
+
+
+def cmd_synth(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.posttrain.synth import SynthJobConfig, run_synth
+
+    s = run_synth(load(SynthJobConfig, a.config, a.overrides).synth)
+    print(f"done in {s['seconds']}s ({s['format']} chat format): {s['sft_dialogs']} SFT dialogs "
+          f"({s['tool_dialogs']} tool, {s['task_dialogs']} task, {s['fact_dialogs']} fact), {s['prompts']} prompts, "
+          f"{s['eval_items']} held-out items -> {s['output']}/{{sft,prompts,eval}}.jsonl")  # fmt: skip
+
+
+def cmd_round(a: argparse.Namespace) -> None:
+    from herd.config import load
+    from herd.posttrain.round import RoundJobConfig, format_round, run_round
+
+    s = run_round(load(RoundJobConfig, a.config, a.overrides))
+    print(f"round done in {s['total_s']:.0f}s (stages: {', '.join(f'{k} {v:.0f}s' for k, v in s['seconds'].items())})")
+    if s["rm"]:
+        print(f"reward model: held-out pairwise accuracy {s['rm']['held_out_accuracy_before']:.3f} -> "
+              f"{s['rm']['held_out_accuracy_after']:.3f} on {s['rm']['held_out_pairs']} pairs")  # fmt: skip
+    print(format_round(s))
 
 
 def cmd_ckpt_average(a: argparse.Namespace) -> None:
@@ -658,6 +736,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sft", help="supervised fine-tuning on jsonl dialogs (loss on assistant turns)")
     p.add_argument("--config", help="TOML train config with a [posttrain] section (see configs/posttrain/sft.toml)")
     p.set_defaults(func=cmd_sft, accepts_overrides=True)
+    for name, func, help_text, example in (
+        ("rm", cmd_rm, "train a reward model on preference pairs (Bradley-Terry, edited > chosen > rejected)",
+         "configs/posttrain/rm.toml"),
+        ("dpo", cmd_dpo, "Direct Preference Optimization on preference pairs (cached reference log-probs)",
+         "configs/posttrain/dpo.toml"),
+        ("rs", cmd_rs, "rejection sampling: K samples per prompt, scored, best kept as SFT data",
+         "configs/posttrain/rs.toml"),
+        ("ppo", cmd_ppo, "PPO with a value head against a reward model or verifiable rewards",
+         "configs/posttrain/ppo.toml"),
+        ("synth", cmd_synth, "tool-use, factuality/refusal and verifiable-task data, every label checked",
+         "configs/posttrain/synth.toml"),
+        ("round", cmd_round, "a whole post-training round with held-out metrics before and after",
+         "configs/posttrain/round.toml"),
+    ):  # fmt: skip
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help=f"TOML config (see {example}); --section.key=value overrides it")
+        p.set_defaults(func=func, accepts_overrides=True)
 
     p = sub.add_parser("ckpt", help="checkpoint tools")
     csub = p.add_subparsers(dest="ckpt_command", required=True)

@@ -30,3 +30,7 @@ class DataError(HerdError):
 
 class TrainError(HerdError):
     """A training run that cannot start or cannot go on (bad config, data that does not fit, runaway faults)."""
+
+
+class ToolError(HerdError):
+    """A tool call that cannot run: an unknown tool, arguments that do not fit its schema, or a failed execution."""

@@ -72,10 +72,20 @@ def test_shipped_pretrain_configs_load_and_pass_their_checks() -> None:
         cfg.check()
         schedule = Schedule(cfg)
         assert schedule.anneal_start <= cfg.training.steps, path  # each shipped recipe ends with an anneal
-    for path in sorted((Path(__file__).parents[1] / "configs" / "posttrain").glob("*.toml")):
-        cfg = load(TrainJobConfig, path)
-        cfg.check()
-        assert cfg.posttrain.sft_data, path
+    from herd.posttrain import config as pc
+    from herd.posttrain.round import RoundJobConfig
+    from herd.posttrain.synth import SynthJobConfig
+
+    classes = {"sft": TrainJobConfig, "rm": pc.RewardJobConfig, "dpo": pc.DPOJobConfig, "rs": pc.RejectionJobConfig,
+               "ppo": pc.PPOJobConfig, "synth": SynthJobConfig, "round": RoundJobConfig}  # fmt: skip
+    shipped = sorted((Path(__file__).parents[1] / "configs" / "posttrain").glob("*.toml"))
+    assert {p.stem for p in shipped} == set(classes)
+    for path in shipped:
+        cfg = load(classes[path.stem], path)
+        if path.stem == "sft":
+            cfg.check()
+        elif path.stem not in ("synth", "round"):
+            pc.check(cfg)
     from herd.scaling.sweep import ScalingJobConfig
 
     for path in sorted((Path(__file__).parents[1] / "configs" / "scaling").glob("*.toml")):

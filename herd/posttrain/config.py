@@ -93,18 +93,29 @@ class RejectionSection:
 @dataclass(kw_only=True, slots=True)
 class PPOSection:
     reward_model: str = ""
-    """A `herd rm` export; empty uses the verifiable checker of each prompt as the reward."""
+    """A `herd rm` export; empty uses the verifiable checker of each prompt's item as the reward."""
     steps: int = 20
+    """Sample-then-update rounds."""
     prompts_per_step: int = 8
+    """Prompts (one response each) per round."""
     max_new_tokens: int = 32
+    """Response length limit; a response cut there gets its score on its last token."""
     temperature: float = 1.0
+    """Sampling temperature; log-probabilities (policy and reference) are taken at the same temperature."""
     kl_coef: float = 0.05
+    """Weight of the per-token KL penalty against the reference model."""
     gamma: float = 1.0
+    """Discount per token."""
     lam: float = 0.95
+    """GAE lambda."""
     clip_ratio: float = 0.2
+    """The probability ratio is clipped to [1 - clip_ratio, 1 + clip_ratio]."""
     value_clip: float = 0.2
+    """New values are clipped to within this of the values at sampling time."""
     ppo_epochs: int = 2
+    """Optimizer steps on each round's samples (full batch)."""
     value_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -172,3 +183,9 @@ def check(cfg: RewardJobConfig | DPOJobConfig | RejectionJobConfig | PPOJobConfi
         raise ConfigError(f"dpo.beta must be > 0, got {cfg.dpo.beta}")
     if isinstance(cfg, RejectionJobConfig) and cfg.rs.samples < 1:
         raise ConfigError(f"rs.samples must be >= 1, got {cfg.rs.samples}")
+    if isinstance(cfg, PPOJobConfig):
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "ppo_epochs"):
+            if getattr(cfg.ppo, name) < 1:
+                raise ConfigError(f"ppo.{name} must be >= 1, got {getattr(cfg.ppo, name)}")
+        if cfg.ppo.temperature <= 0:
+            raise ConfigError(f"ppo.temperature must be > 0 (PPO needs sampled responses), got {cfg.ppo.temperature}")

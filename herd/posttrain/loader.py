@@ -40,6 +40,7 @@ class DialogLoader:
         self.seed, self.vocab_size = seed, tokenizer.vocab_size
         self.epoch = self.pos = self.batches = self.truncated = 0
         self.tokenizer_dir = work_dir / "tokenizer"
+        self.chat_tokenizer = tokenizer
         self.tokenizer = save_tokenizer(tokenizer, self.tokenizer_dir)
 
     def set_weights(self, weights: dict[str, float]) -> None:

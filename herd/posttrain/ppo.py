@@ -12,16 +12,19 @@ the token predicted from `inputs[:, : t + 1]`; `mask` is True on the response to
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from herd.errors import TrainError
+from herd.errors import DataError, TrainError
 from herd.inference import Completion, Engine, SamplingParams
 from herd.model import Transformer
+from herd.posttrain.config import PPOJobConfig, PPOSection, check
 from herd.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -139,43 +142,6 @@ class PolicyWithValue(nn.Module):
 # Training loop
 
 
-@dataclass(kw_only=True, slots=True)
-class PPOConfig:
-    steps: int
-    """Sample-then-update rounds."""
-    prompts_per_step: int
-    """Prompts (one response each) per round."""
-    max_new_tokens: int
-    """Response length limit; a response cut there gets its score on its last token."""
-    temperature: float = 1.0
-    """Sampling temperature; log-probabilities (policy and reference) are taken at the same temperature."""
-    lr: float = 1e-5
-    """AdamW learning rate (no weight decay)."""
-    kl_coef: float = 0.05
-    """Weight of the per-token KL penalty against the reference model."""
-    gamma: float = 1.0
-    """Discount per token."""
-    lam: float = 0.95
-    """GAE lambda."""
-    clip_ratio: float = 0.2
-    """The probability ratio is clipped to [1 - clip_ratio, 1 + clip_ratio]."""
-    value_clip: float = 0.2
-    """New values are clipped to within this of the values at sampling time."""
-    ppo_epochs: int = 2
-    """Optimizer steps on each round's samples (full batch)."""
-    value_coef: float = 0.1
-    """Weight of the value loss in the total loss."""
-    seed: int = 0
-    """Seeds the prompt order and the sampling."""
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "prompts_per_step", "max_new_tokens", "ppo_epochs"):
-            if getattr(self, name) < 1:
-                raise TrainError(f"ppo: {name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise TrainError(f"ppo: temperature must be > 0 (PPO needs sampled responses), got {self.temperature}")
-
-
 def _prompt_order(n: int, seed: int) -> Iterator[int]:
     """Prompt indices forever: a fresh seeded permutation per pass."""
     rng = random.Random(seed)
@@ -213,8 +179,10 @@ def ppo_train(
     tokenizer: Tokenizer,
     prompts: list[list[int]],
     reward_fn: Callable[[int, str], float],
-    cfg: PPOConfig,
+    cfg: PPOSection,
     *,
+    lr: float,
+    seed: int,
     log: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train `policy` in place with PPO; return the stats of each step.
@@ -229,13 +197,13 @@ def ppo_train(
     device = policy.model.tok_embeddings.weight.device
     engine = Engine(policy.model, tokenizer, max_batch_size=cfg.prompts_per_step)
     reference.eval()
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    order = _prompt_order(len(prompts), cfg.seed)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    order = _prompt_order(len(prompts), seed)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     history = []
     for step in range(cfg.steps):
         indices = list(itertools.islice(order, cfg.prompts_per_step))
-        rng = random.Random(f"{cfg.seed}:{step}")
+        rng = random.Random(f"{seed}:{step}")
         params = [
             SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=rng.getrandbits(62))
             for _ in indices
@@ -277,3 +245,47 @@ def ppo_train(
         if log is not None:
             log(record)
     return history
+
+
+def run_ppo(cfg: PPOJobConfig) -> dict[str, Any]:
+    """`herd ppo`: the policy starts from model.init_from (LoRA optional), the reference is a frozen copy of the
+    same weights, rewards come from a reward model or each prompt's verifiable checker; the policy is exported
+    without its value head."""
+    from herd.inference.loader import load_pretrained
+    from herd.posttrain.data import encode_prompt, read_jsonl
+    from herd.posttrain.rejection import checker_scorer, reward_model_scorer
+    from herd.posttrain.stage import export, load_start, write_config, write_json
+
+    check(cfg)
+    run_dir = Path(cfg.job.dump_folder)
+    records, problems = [], []
+    for file in cfg.data.train:
+        result = read_jsonl(file, kind="prompt", on_error=cfg.data.on_error)
+        records += result.records
+        problems += result.problems
+    if not records:
+        raise DataError(f"no usable prompts in {', '.join(cfg.data.train)}" + (f" ({problems[0]})" if problems else ""))
+    scorer = reward_model_scorer(cfg.ppo.reward_model) if cfg.ppo.reward_model else checker_scorer()
+    model, tokenizer = load_start(cfg.model, seed=cfg.job.seed)
+    reference = load_pretrained(cfg.model.init_from or None).model.eval().requires_grad_(False)
+    write_config(run_dir, cfg)
+    torch.manual_seed(cfg.job.seed)
+    policy = PolicyWithValue(model)
+    prompts = [encode_prompt(tokenizer, r["messages"]) for r in records]
+    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as log:
+
+        def show(record: dict[str, Any]) -> None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(f"[ppo] step {record['step']}/{cfg.ppo.steps}  score {record['score']:.3f}  kl {record['kl']:.3f}  "
+                  f"policy_loss {record['policy_loss']:.4f}", flush=True)  # fmt: skip
+
+        history = ppo_train(policy, reference, tokenizer, prompts,
+                            lambda i, text: scorer([records[i]], [text])[0], cfg.ppo, lr=cfg.optim.lr,
+                            seed=cfg.job.seed, log=show)  # fmt: skip
+    out = export(model, tokenizer, run_dir / "model", dtype=cfg.model.export_dtype)
+    summary = {"prompts": len(records), "skipped_lines": len(problems), "problems": problems[:20],
+               "steps": len(history), "score_first": history[0]["score"], "score_last": history[-1]["score"],
+               "model": str(out)}  # fmt: skip
+    write_json(run_dir / "summary.json", summary)
+    return summary

@@ -21,10 +21,11 @@ import torch
 from herd.errors import DataError
 from herd.fileio import atomic_file
 from herd.inference import Engine, SamplingParams
+from herd.inference.loader import load_pretrained, parse_dtype
 from herd.model import Transformer
 from herd.posttrain.config import RejectionJobConfig, check
 from herd.posttrain.data import encode_prompt, read_jsonl
-from herd.posttrain.stage import load_start, write_config, write_json
+from herd.posttrain.stage import write_config, write_json
 from herd.tokenizer import Tokenizer
 
 Scorer = Callable[[list[dict[str, Any]], list[str]], list[float]]
@@ -115,8 +116,9 @@ def run_rs(cfg: RejectionJobConfig) -> dict[str, Any]:
     if not records:
         raise DataError(f"no usable prompts in {', '.join(cfg.data.train)}" + (f" ({problems[0]})" if problems else ""))
     scorer = reward_model_scorer(cfg.rs.reward_model) if cfg.rs.reward_model else checker_scorer()
-    model, tokenizer = load_start(cfg.model, seed=cfg.job.seed)
-    model.eval()
+    # Sampling only: the weights go straight to the compute dtype (bf16 decodes about twice as fast as float32).
+    pretrained = load_pretrained(cfg.model.init_from or None, dtype=parse_dtype(cfg.model.dtype))
+    model, tokenizer = pretrained.model.eval(), pretrained.tokenizer
     write_config(run_dir, cfg)
     r = cfg.rs
     samples, tokens, seconds = sample(

@@ -62,7 +62,10 @@ def export(
     """Write `model` (LoRA merged in place first) as an HF checkpoint with its tokenizer into the new dir `out`."""
     if has_lora(model):
         merge_lora(model)
-    sd = cast_state_dict({k: v.detach() for k, v in model.state_dict().items()}, parse_dtype(dtype))
+    # Activation checkpointing and compile wrap blocks; the checkpoint keys are the plain model's.
+    plain = {k.replace("._checkpoint_wrapped_module", "").replace("._orig_mod", ""): v.detach()
+             for k, v in model.state_dict().items()}  # fmt: skip
+    sd = cast_state_dict(plain, parse_dtype(dtype))
 
     def add_assets(tmp: Path) -> None:
         save_tokenizer(tokenizer, tmp)

@@ -205,6 +205,10 @@ class PosttrainSection:
     """jsonl files of dialogs ({"messages": [...]}); the loss is on the assistant turns only."""
     on_error: str = "skip"
     """A bad jsonl line: skip (counted, reported with file:line) or stop."""
+    lora_rank: int = 0
+    """0 trains every weight; > 0 trains rank-r LoRA adapters only (one process), merged into the export."""
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
 
 
 @dataclass(kw_only=True, slots=True)

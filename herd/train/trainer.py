@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,13 @@ class Trainer:
     loss_mean: float | None
     good_steps: int
 
-    def __init__(self, cfg: TrainJobConfig, *, loader: MixLoader | None = None, initial=None) -> None:
+    def __init__(
+        self, cfg: TrainJobConfig, *, loader: MixLoader | None = None, initial=None,
+        adapt: Callable[[torch.nn.Module], None] | None = None,
+    ) -> None:  # fmt: skip
         """`loader` replaces the shard loader (post-training stages pass their dialog loaders; anything with
         MixLoader's interface works). `initial` = (ModelArgs, state dict) starts from those weights instead of a
-        fresh initialization."""
+        fresh initialization. `adapt(model)` transforms the plain model before parallelism is applied (LoRA)."""
         self.cfg = cfg
         self.device = _device(cfg.training.device)
         self.rank, self.world_size = world()
@@ -115,6 +119,8 @@ class Trainer:
         else:
             self.model.load_state_dict({k: v.float() for k, v in initial[1].items()}, strict=True)
             self.model.tie_weights()
+        if adapt is not None:
+            adapt(self.model)
         bf16 = cfg.training.dtype == "bfloat16"
         _check_layout(self.model_args, self.dims)
         if self.dims.pp > 1:
@@ -301,9 +307,16 @@ class Trainer:
         tokens = micro.tokens.to(self.device)
         targets = micro.targets.to(self.device)
         doc_ids = micro.doc_ids.to(self.device)
+        keep = targets != IGNORE_INDEX
+        # Post-training batches target a fraction of their tokens (assistant turns): the output projection and
+        # the cross-entropy then run on those positions only. One process only: FSDP and TP own the output layer.
+        sparse = self.mesh is None and float(keep.float().mean()) < 0.5
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(tokens, positions_BT=document_positions(doc_ids), mask=document_mask(doc_ids))
-        loss_sum = summed_cross_entropy(logits, targets)
+            out = self.model(tokens, positions_BT=document_positions(doc_ids), mask=document_mask(doc_ids),
+                             return_hidden=sparse)  # fmt: skip
+            if sparse:
+                out = self.model.output(out[keep]).float()[None]
+        loss_sum = summed_cross_entropy(out, targets[keep][None] if sparse else targets)
         if scale != 1.0:  # an injected loss spike
             loss_sum = loss_sum * scale
         (loss_sum * self.dims.dp / max(num_targets, 1)).backward()

@@ -9,9 +9,9 @@ import torch
 
 from herd.inference import Completion, Engine, SamplingParams
 from herd.model import ModelArgs, build_model
+from herd.posttrain.config import PPOSection
 from herd.posttrain.ppo import (
     PolicyWithValue,
-    PPOConfig,
     _response_batch,
     gae,
     kl_penalized_rewards,
@@ -146,7 +146,7 @@ def test_response_rows_keep_the_stop_token_and_mask_only_the_response() -> None:
 
 def test_ppo_trains_only_trainable_parameters_and_is_reproducible(tokenizer) -> None:
     prompts = [tokenizer.encode(w, bos=True) for w in ("cat", "dog", "sun")]
-    cfg = PPOConfig(steps=2, prompts_per_step=2, max_new_tokens=4, lr=1e-2, seed=5)
+    cfg = PPOSection(steps=2, prompts_per_step=2, max_new_tokens=4)
     runs = []
     for _ in range(2):
         model = tiny_model(tokenizer)
@@ -155,7 +155,7 @@ def test_ppo_trains_only_trainable_parameters_and_is_reproducible(tokenizer) -> 
         model.output.requires_grad_(True)
         policy = PolicyWithValue(model)
         before = copy.deepcopy(policy.state_dict())
-        runs.append(ppo_train(policy, reference, tokenizer, prompts, lambda i, text: float(i), cfg))
+        runs.append(ppo_train(policy, reference, tokenizer, prompts, lambda i, text: float(i), cfg, lr=1e-2, seed=5))
         after = policy.state_dict()
         changed = {k for k in before if not torch.equal(before[k], after[k])}
         assert changed == {"model.output.weight", "value_head.weight", "value_head.bias"}
@@ -169,13 +169,15 @@ def test_ppo_raises_the_reward_on_a_tiny_model(tokenizer) -> None:
     model = tiny_model(tokenizer)
     reference = copy.deepcopy(model)
     prompts = [tokenizer.encode(w, bos=True) for w in ("cat", "dog", "sun", "sea", "up", "hi", "ok", "no")]
-    cfg = PPOConfig(steps=30, prompts_per_step=8, max_new_tokens=8, lr=1e-2, seed=0)
+    cfg = PPOSection(steps=30, prompts_per_step=8, max_new_tokens=8)
     logged = []
 
     def uppercase(index: int, text: str) -> float:
         return sum(c in string.ascii_uppercase for c in text)
 
-    history = ppo_train(PolicyWithValue(model), reference, tokenizer, prompts, uppercase, cfg, log=logged.append)
+    history = ppo_train(
+        PolicyWithValue(model), reference, tokenizer, prompts, uppercase, cfg, lr=1e-2, seed=0, log=logged.append
+    )
     assert logged == history and len(history) == 30
     first = sum(h["score"] for h in history[:5]) / 5
     last = sum(h["score"] for h in history[-5:]) / 5

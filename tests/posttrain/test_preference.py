@@ -98,10 +98,10 @@ def test_dpo_raises_the_chosen_margin_on_held_out_pairs_and_caches_the_reference
 def test_bad_stage_config_names_the_key() -> None:
     from herd.posttrain.config import check
 
-    with pytest.raises(ConfigError, match="dpo.beta"):
+    with pytest.raises(ConfigError, match=r"dpo\.beta"):
         check(load(DPOJobConfig, None, ["data.train=['x.jsonl']", "dpo.beta=0"]))
-    with pytest.raises(ConfigError, match="optim.batch_size=6"):
+    with pytest.raises(ConfigError, match=r"optim\.batch_size=6"):
         check(load(RewardJobConfig, None, ["data.train=['x.jsonl']", "optim.batch_size=6",
                                            "optim.micro_batch_size=4"]))  # fmt: skip
-    with pytest.raises(ConfigError, match="data.train"):
+    with pytest.raises(ConfigError, match=r"data\.train"):
         check(load(RewardJobConfig, None, []))

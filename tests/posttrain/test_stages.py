@@ -1,0 +1,142 @@
+"""The stages wired end to end on a tiny model with SmolLM2's chat format: LoRA SFT with a merged export,
+rejection sampling scored by a reward model, PPO against it, and the round's checkers."""
+
+import json
+import random
+
+import pytest
+
+from herd.config import load
+from herd.inference.loader import load_pretrained
+from herd.posttrain.config import PPOJobConfig, RejectionJobConfig, RewardJobConfig
+from herd.posttrain.ppo import run_ppo
+from herd.posttrain.rejection import run_rs, select
+from herd.posttrain.reward import load_reward_model, run_rm
+from herd.posttrain.sft import run_sft
+from herd.posttrain.synth import verifiable_reward
+from herd.posttrain.synth_facts import fact_items
+from herd.posttrain.synth_tasks import make_tasks
+from herd.posttrain.synth_tools import make_tool_eval
+from herd.train.config import TrainJobConfig
+
+from .test_preference import write_pairs
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tiny_chat_model, tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("rm")
+    write_pairs(tmp / "p.jsonl")
+    run_rm(load(RewardJobConfig, None, [
+        f"job.dump_folder='{tmp / 'rm'}'", f"model.init_from='{tiny_chat_model}'", "model.dtype=float32",
+        f"data.train=['{tmp / 'p.jsonl'}']", "optim.lr=3e-3", "optim.epochs=2", "optim.micro_batch_size=8",
+    ]))  # fmt: skip
+    return str(tmp / "rm" / "model")
+
+
+def write_prompts(path, n: int = 6) -> None:
+    items = make_tasks(random.Random(0), n, split="train", tasks=["add"])
+    path.write_text("".join(json.dumps({"messages": i["messages"], "item": i}) + "\n" for i in items)
+                    + '{"messages": [{"role": "assistant", "content": "hi"}]}\n')  # fmt: skip
+
+
+def test_lora_sft_trains_adapters_and_exports_a_merged_model(tiny_chat_model, tmp_path) -> None:
+    from .test_sft import write_dialogs
+
+    write_dialogs(tmp_path / "d.jsonl")
+    cfg = load(TrainJobConfig, None, [
+        f"job.dump_folder='{tmp_path / 'run'}'", f"posttrain.sft_data=['{tmp_path / 'd.jsonl'}']",
+        f"posttrain.init_from='{tiny_chat_model}'", "posttrain.lora_rank=8", "training.steps=6",
+        "training.seq_len=128", "training.batch_tokens=512", "optim.lr=1e-2", "metrics.tensorboard=false",
+        "metrics.peak_tflops=1.0", "metrics.log_interval=0",
+    ])  # fmt: skip
+    summary = run_sft(cfg)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0], losses
+    base, tuned = load_pretrained(tiny_chat_model).model, load_pretrained(summary["model"]).model
+    assert set(tuned.state_dict()) == set(base.state_dict())  # merged: no adapter tensors left
+    changed = {k for k, v in tuned.state_dict().items() if not (v == base.state_dict()[k]).all()}
+    assert changed and all(k.split(".")[-2] in ("wq", "wk", "wv", "wo", "w1", "w2", "w3") for k in changed)
+
+
+def test_rejection_sampling_keeps_the_best_scored_sample_and_writes_pairs(tiny_chat_model, tiny_rm, tmp_path) -> None:
+    write_prompts(tmp_path / "prompts.jsonl")
+    cfg = load(RejectionJobConfig, None, [
+        f"job.dump_folder='{tmp_path / 'rs'}'", f"model.init_from='{tiny_chat_model}'",
+        f"data.train=['{tmp_path / 'prompts.jsonl'}']", f"rs.reward_model='{tiny_rm}'", "rs.samples=3",
+        "rs.max_new_tokens=8", "rs.batch_size=6", "rs.temperature=1.0",
+    ])  # fmt: skip
+    s = run_rs(cfg)
+    assert s["prompts"] == 6 and s["samples"] == 18 and s["skipped_lines"] == 1 and s["kept"] == 6
+    assert "the prompt ends with an assistant turn" in s["problems"][0]
+    rm, tokenizer = load_reward_model(tiny_rm)
+    for line in (tmp_path / "rs" / "rs.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert record["score"] == max(record["scores"])
+        rescored = rm.score(tokenizer, [record["messages"][:-1]], [record["messages"][-1]["content"]])[0]
+        assert rescored == pytest.approx(record["score"], abs=1e-3)  # bf16 autocast in rs vs float32 here
+    pairs = [json.loads(x) for x in (tmp_path / "rs" / "rs_pairs.jsonl").read_text().splitlines()]
+    assert all(p["scores"][0] > p["scores"][1] and p["chosen"] != p["rejected"] for p in pairs)
+
+
+def test_select_with_a_checker_drops_prompts_whose_best_sample_fails() -> None:
+    records = [{"messages": [{"role": "user", "content": "q1"}]}, {"messages": [{"role": "user", "content": "q2"}]}]
+    sft, pairs = select(records, [["a", "b"], ["c", "d"]], [[0.0, 1.0], [0.0, 0.0]], pass_score=1.0)
+    assert [r["messages"][-1]["content"] for r in sft] == ["b"]
+    assert pairs == [{"messages": records[0]["messages"], "chosen": "b", "rejected": "a", "scores": [1.0, 0.0]}]
+
+
+def test_ppo_runs_against_a_reward_model_and_exports_the_policy(tiny_chat_model, tiny_rm, tmp_path) -> None:
+    write_prompts(tmp_path / "prompts.jsonl")
+    s = run_ppo(load(PPOJobConfig, None, [
+        f"job.dump_folder='{tmp_path / 'ppo'}'", f"model.init_from='{tiny_chat_model}'", "model.lora_rank=4",
+        f"data.train=['{tmp_path / 'prompts.jsonl'}']", f"ppo.reward_model='{tiny_rm}'", "ppo.steps=2",
+        "ppo.prompts_per_step=4", "ppo.max_new_tokens=6",
+    ]))  # fmt: skip
+    assert s["steps"] == 2 and len((tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not any("lora" in k for k in load_pretrained(s["model"]).model.state_dict())
+
+
+def test_verifiable_reward_follows_each_checker() -> None:
+    task = make_tasks(random.Random(0), 1, split="eval", tasks=["add"])[0]
+    assert verifiable_reward(task, task["answer"]) == 1.0 and verifiable_reward(task, task["answer"] + "1") == 0.0
+    tool = make_tool_eval(random.Random(0), 1, fmt="json", max_tools=1)[0]
+    call = json.dumps({"name": tool["tool"], "arguments": tool["arguments"]})
+    assert verifiable_reward(tool, call) == 1.0 and verifiable_reward(tool, "I would call a tool.") == 0.0
+    fake = fact_items(random.Random(0), 4, split="eval", fictitious=1.0)[0]
+    fake["answerable"] = False
+    assert verifiable_reward(fake, "I'm not sure; I don't know.") == 1.0
+    assert verifiable_reward(fake, "It is 42.") == 0.0
+
+
+def test_sparse_logits_give_the_dense_loss_and_gradients(tiny_chat_model, tmp_path) -> None:
+    """SFT batches target few positions: the trainer projects only those to logits; same loss, same gradients."""
+    import torch
+
+    from herd.posttrain.sft import build_sft
+    from herd.train.trainer import summed_cross_entropy
+
+    from .test_sft import write_dialogs
+
+    write_dialogs(tmp_path / "d.jsonl")
+    cfg = load(TrainJobConfig, None, [
+        f"job.dump_folder='{tmp_path / 'run'}'", f"posttrain.sft_data=['{tmp_path / 'd.jsonl'}']",
+        f"posttrain.init_from='{tiny_chat_model}'", "training.steps=1", "training.seq_len=128",
+        "training.batch_tokens=256", "metrics.tensorboard=false", "metrics.peak_tflops=1.0",
+    ])  # fmt: skip
+    trainer, loader = build_sft(cfg)
+    batch = loader.next_batch(2, 128)
+    n = int((batch.targets != -100).sum())
+    assert n < batch.targets.numel() / 2  # the sparse path is taken
+    sparse_loss = trainer.forward_backward(batch, n)
+    sparse_grads = {k: p.grad.clone() for k, p in trainer.model.named_parameters()}
+    trainer.model.zero_grad()
+    from herd.model import document_mask, document_positions
+
+    logits = trainer.model(batch.tokens, positions_BT=document_positions(batch.doc_ids),
+                           mask=document_mask(batch.doc_ids))  # fmt: skip
+    dense_loss = summed_cross_entropy(logits, batch.targets)
+    (dense_loss / n).backward()
+    assert float(sparse_loss) == pytest.approx(float(dense_loss), rel=1e-5)
+    for k, p in trainer.model.named_parameters():
+        torch.testing.assert_close(sparse_grads[k], p.grad, rtol=1e-4, atol=1e-6)
+    trainer.shutdown()
