@@ -27,7 +27,7 @@ from herd.inference import Engine, SamplingParams
 from herd.model import Transformer
 from herd.posttrain.data import encode_prompt
 from herd.posttrain.rejection import write_jsonl
-from herd.posttrain.synth_facts import fact_eval, fact_items, make_fact_data, probe, score_fact
+from herd.posttrain.synth_facts import fact_eval, fact_items, make_fact_data, open_book_variant, probe, score_fact
 from herd.posttrain.synth_tasks import check_task, make_tasks, task_dialog
 from herd.posttrain.synth_tools import make_tool_dialogs, make_tool_eval, make_tools, score_tool_call
 from herd.tokenizer import HFTokenizer, Llama3Tokenizer, Tokenizer
@@ -50,17 +50,18 @@ class SynthSection:
     rs_prompts: int = 64
     """Train-split task and tool prompts written to prompts.jsonl for rejection sampling / PPO."""
     facts: int = 96
-    """Train-split fact questions probed."""
+    """Train-split closed-book fact questions probed (open-book variants come on top)."""
     fact_samples: int = 3
-    fact_open_book: float = 0.5
-    """Share of fact questions with the snippet in the prompt (answerable from context)."""
+    fact_open_book: float = 1.0
+    """Share of real fact questions also asked with their snippet in the prompt (answerable from context)."""
     fact_fictitious: float = 0.15
     max_new_tokens: int = 32
     batch_size: int = 32
     """Rows decoded together when probing and evaluating."""
     eval_tools: int = 24
     eval_tasks: int = 36
-    eval_facts: int = 48
+    eval_facts: int = 36
+    """Closed-book held-out questions (open-book variants come on top)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -131,8 +132,7 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
 
     engine = Engine(model, tokenizer, max_batch_size=s.batch_size)
     t1 = time.perf_counter()
-    questions = fact_items(random.Random(s.seed + 3), s.facts, split="train", fictitious=s.fact_fictitious,
-                           open_book=s.fact_open_book)  # fmt: skip
+    questions = _fact_questions(s, "train", s.facts, s.seed + 3)
     probed = probe(engine, questions, samples=s.fact_samples, max_new_tokens=s.max_new_tokens, seed=s.seed)
     facts = make_fact_data(probed, random.Random(s.seed + 4))
     sft += facts
@@ -150,8 +150,7 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
     t2 = time.perf_counter()
     held = make_tool_eval(random.Random(s.seed + 5), s.eval_tools, fmt=fmt, max_tools=s.max_tools)
     held += make_tasks(random.Random(s.seed + 6), s.eval_tasks, split="eval")
-    eval_questions = fact_items(random.Random(s.seed + 7), s.eval_facts, split="eval", fictitious=s.fact_fictitious,
-                                open_book=s.fact_open_book)  # fmt: skip
+    eval_questions = _fact_questions(s, "eval", s.eval_facts, s.seed + 7)
     held += fact_eval(probe(engine, eval_questions, samples=s.fact_samples, max_new_tokens=s.max_new_tokens,
                             seed=s.seed + 1))  # fmt: skip
     say(f"[synth] {len(held)} held-out items (facts labelled by probing) in {time.perf_counter() - t2:.0f}s")
@@ -167,6 +166,14 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
 
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _fact_questions(s: SynthSection, split: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` closed-book questions, and for a `fact_open_book` share of the real ones the same question with its
+    snippet (answerable from the prompt)."""
+    rng = random.Random(seed)
+    closed = fact_items(rng, n, split=split, fictitious=s.fact_fictitious)
+    return closed + [open_book_variant(q) for q in closed if not q["fictitious"] and rng.random() < s.fact_open_book]
 
 
 def _check(s: SynthSection) -> None:

@@ -155,13 +155,11 @@ def fact_items(
     *,
     split: str,
     fictitious: float = 0.1,
-    open_book: float = 0.0,
     families: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """n distinct fact questions of one split, families drawn evenly; a `fictitious` share asks about made-up
-    entities. An `open_book` share of the real ones puts the snippet before the question: a small model knows
-    few facts by heart, and these are the questions it should answer rather than refuse (probing decides).
-    Each item: kind, family, key, split, messages, answer, aliases, topic, snippet, fictitious, open_book."""
+    entities. Each item: kind, family, key, split, messages, answer, aliases, topic, snippet, fictitious,
+    open_book (False here; see `open_book_variant`)."""
     if split not in SPLITS:
         raise DataError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
     if not 0 <= fictitious <= 1:
@@ -193,11 +191,19 @@ def fact_items(
     for q in items:
         templates = _QUESTIONS[q.pop("question")][1]
         q["split"] = split
-        question = rng.choice(templates).format(s=q["subject"])
-        q["open_book"] = open_book > 0 and not q["fictitious"] and rng.random() < open_book
-        content = f"{q['snippet']}\n\n{question}" if q["open_book"] else question
-        q["messages"] = [{"role": "user", "content": content}]
+        q["open_book"] = False
+        q["messages"] = [{"role": "user", "content": rng.choice(templates).format(s=q["subject"])}]
     return items
+
+
+def open_book_variant(item: dict[str, Any]) -> dict[str, Any]:
+    """The same question with its snippet before it: answerable from the prompt. Paired with the closed-book
+    question, it teaches the difference between "I was told" and "I do not know" on identical wording."""
+    if item["fictitious"]:
+        raise DataError(f"fact {item['key']!r} is made up and has no snippet")
+    question = item["messages"][-1]["content"]
+    return {**item, "key": f"{item['key']}#open", "open_book": True,
+            "messages": [{"role": "user", "content": f"{item['snippet']}\n\n{question}"}]}  # fmt: skip
 
 
 def probe(

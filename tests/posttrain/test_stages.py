@@ -5,6 +5,7 @@ import json
 import random
 
 import pytest
+from test_preference import write_pairs
 
 from herd.config import load
 from herd.inference.loader import load_pretrained
@@ -18,8 +19,6 @@ from herd.posttrain.synth_facts import fact_items
 from herd.posttrain.synth_tasks import make_tasks
 from herd.posttrain.synth_tools import make_tool_eval
 from herd.train.config import TrainJobConfig
-
-from .test_preference import write_pairs
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +39,14 @@ def write_prompts(path, n: int = 6) -> None:
 
 
 def test_lora_sft_trains_adapters_and_exports_a_merged_model(tiny_chat_model, tmp_path) -> None:
-    from .test_sft import write_dialogs
+    from test_sft import write_dialogs
 
     write_dialogs(tmp_path / "d.jsonl")
     cfg = load(TrainJobConfig, None, [
         f"job.dump_folder='{tmp_path / 'run'}'", f"posttrain.sft_data=['{tmp_path / 'd.jsonl'}']",
         f"posttrain.init_from='{tiny_chat_model}'", "posttrain.lora_rank=8", "training.steps=6",
-        "training.seq_len=128", "training.batch_tokens=512", "optim.lr=1e-2", "metrics.tensorboard=false",
+        "training.seq_len=128", "training.batch_tokens=512", "optim.lr=1e-2", "lr_schedule.warmup_steps=1",
+        "metrics.tensorboard=false",
         "metrics.peak_tflops=1.0", "metrics.log_interval=0",
     ])  # fmt: skip
     summary = run_sft(cfg)
@@ -73,7 +73,7 @@ def test_rejection_sampling_keeps_the_best_scored_sample_and_writes_pairs(tiny_c
         record = json.loads(line)
         assert record["score"] == max(record["scores"])
         rescored = rm.score(tokenizer, [record["messages"][:-1]], [record["messages"][-1]["content"]])[0]
-        assert rescored == pytest.approx(record["score"], abs=1e-3)  # bf16 autocast in rs vs float32 here
+        assert rescored == pytest.approx(record["score"], rel=1e-2)  # bf16 autocast in rs vs float32 here
     pairs = [json.loads(x) for x in (tmp_path / "rs" / "rs_pairs.jsonl").read_text().splitlines()]
     assert all(p["scores"][0] > p["scores"][1] and p["chosen"] != p["rejected"] for p in pairs)
 
@@ -111,17 +111,17 @@ def test_verifiable_reward_follows_each_checker() -> None:
 def test_sparse_logits_give_the_dense_loss_and_gradients(tiny_chat_model, tmp_path) -> None:
     """SFT batches target few positions: the trainer projects only those to logits; same loss, same gradients."""
     import torch
+    from test_sft import write_dialogs
 
     from herd.posttrain.sft import build_sft
     from herd.train.trainer import summed_cross_entropy
-
-    from .test_sft import write_dialogs
 
     write_dialogs(tmp_path / "d.jsonl")
     cfg = load(TrainJobConfig, None, [
         f"job.dump_folder='{tmp_path / 'run'}'", f"posttrain.sft_data=['{tmp_path / 'd.jsonl'}']",
         f"posttrain.init_from='{tiny_chat_model}'", "training.steps=1", "training.seq_len=128",
-        "training.batch_tokens=256", "metrics.tensorboard=false", "metrics.peak_tflops=1.0",
+        "training.batch_tokens=256", "lr_schedule.warmup_steps=0", "metrics.tensorboard=false",
+        "metrics.peak_tflops=1.0",
     ])  # fmt: skip
     trainer, loader = build_sft(cfg)
     batch = loader.next_batch(2, 128)
