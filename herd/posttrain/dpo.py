@@ -20,9 +20,8 @@ from herd.fileio import atomic_file
 from herd.model import Transformer
 from herd.posttrain.config import DPOJobConfig, check
 from herd.posttrain.losses import dpo_loss, sequence_logps
-from herd.posttrain.preference import Pair, load_pairs, pad
+from herd.posttrain.preference import Pair, load_pairs, pad, pair_batches
 from herd.posttrain.stage import (
-    epochs_of,
     export,
     load_start,
     optimize,
@@ -110,12 +109,9 @@ def run_dpo(cfg: DPOJobConfig) -> dict[str, Any]:
 
     before = evaluate()
     steps = total_steps(cfg.optim, len(data.train))
-    m = cfg.optim.micro_batch_size
 
     def micro_batches():
-        order = epochs_of(len(data.train), seed=cfg.job.seed)
-        while True:
-            yield [data.train[next(order)] for _ in range(m)]
+        return pair_batches(data.train, cfg.optim.micro_batch_size, seed=cfg.job.seed)
 
     def loss_fn(pairs: list[Pair], accumulation: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss, metrics = loss_on(pairs)

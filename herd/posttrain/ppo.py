@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from herd.errors import DataError, TrainError
+from herd.errors import TrainError
 from herd.inference import Completion, Engine, SamplingParams
 from herd.model import Transformer
 from herd.posttrain.config import PPOJobConfig, PPOSection, check
@@ -252,19 +252,13 @@ def run_ppo(cfg: PPOJobConfig) -> dict[str, Any]:
     same weights, rewards come from a reward model or each prompt's verifiable checker; the policy is exported
     without its value head."""
     from herd.inference.loader import load_pretrained
-    from herd.posttrain.data import encode_prompt, read_jsonl
-    from herd.posttrain.rejection import checker_scorer, reward_model_scorer
+    from herd.posttrain.data import encode_prompt
+    from herd.posttrain.rejection import checker_scorer, read_prompts, reward_model_scorer
     from herd.posttrain.stage import export, load_start, write_config, write_json
 
     check(cfg)
     run_dir = Path(cfg.job.dump_folder)
-    records, problems = [], []
-    for file in cfg.data.train:
-        result = read_jsonl(file, kind="prompt", on_error=cfg.data.on_error)
-        records += result.records
-        problems += result.problems
-    if not records:
-        raise DataError(f"no usable prompts in {', '.join(cfg.data.train)}" + (f" ({problems[0]})" if problems else ""))
+    records, problems = read_prompts(cfg.data.train, on_error=cfg.data.on_error)
     scorer = reward_model_scorer(cfg.ppo.reward_model) if cfg.ppo.reward_model else checker_scorer()
     model, tokenizer = load_start(cfg.model, seed=cfg.job.seed)
     reference = load_pretrained(cfg.model.init_from or None).model.eval().requires_grad_(False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from herd.data.loader import IGNORE_INDEX
 from herd.errors import DataError
 from herd.posttrain.data import encode_dialog, read_jsonl
+from herd.posttrain.stage import epochs_of
 from herd.tokenizer import Tokenizer
 
 
@@ -101,6 +103,13 @@ def load_pairs(
             why.append(f"{data.too_long} longer than data.max_seq_len={max_seq_len}")
         raise DataError(f"no usable training pairs in {', '.join(files)}" + (f" ({'; '.join(why)})" if why else ""))
     return data
+
+
+def pair_batches(pairs: list[Pair], size: int, *, seed: int) -> Iterator[list[Pair]]:
+    """Micro-batches of `size` pairs, forever, in a new seeded order every epoch."""
+    order = epochs_of(len(pairs), seed=seed)
+    while True:
+        yield [pairs[next(order)] for _ in range(size)]
 
 
 def pad(sides: list[Side], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

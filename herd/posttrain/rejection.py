@@ -79,6 +79,18 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
+def read_prompts(files: list[str], *, on_error: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Prompt records of jsonl files and the `file:line: reason` of every skipped line; none usable is an error."""
+    records, problems = [], []
+    for file in files:
+        result = read_jsonl(file, kind="prompt", on_error=on_error)
+        records += result.records
+        problems += result.problems
+    if not records:
+        raise DataError(f"no usable prompts in {', '.join(files)}" + (f" ({problems[0]})" if problems else ""))
+    return records, problems
+
+
 def reward_model_scorer(path: str) -> Scorer:
     from herd.posttrain.reward import load_reward_model
 
@@ -108,13 +120,7 @@ def checker_scorer() -> Scorer:
 def run_rs(cfg: RejectionJobConfig) -> dict[str, Any]:
     check(cfg)
     run_dir = Path(cfg.job.dump_folder)
-    records, problems = [], []
-    for file in cfg.data.train:
-        result = read_jsonl(file, kind="prompt", on_error=cfg.data.on_error)
-        records += result.records
-        problems += result.problems
-    if not records:
-        raise DataError(f"no usable prompts in {', '.join(cfg.data.train)}" + (f" ({problems[0]})" if problems else ""))
+    records, problems = read_prompts(cfg.data.train, on_error=cfg.data.on_error)
     scorer = reward_model_scorer(cfg.rs.reward_model) if cfg.rs.reward_model else checker_scorer()
     # Sampling only: the weights go straight to the compute dtype (bf16 decodes about twice as fast as float32).
     pretrained = load_pretrained(cfg.model.init_from or None, dtype=parse_dtype(cfg.model.dtype))

@@ -23,9 +23,8 @@ from herd.inference.loader import load_pretrained
 from herd.model import Transformer
 from herd.posttrain.config import RewardJobConfig, check
 from herd.posttrain.losses import reward_loss
-from herd.posttrain.preference import Pair, encode_response, load_pairs, pad
+from herd.posttrain.preference import Pair, encode_response, load_pairs, pad, pair_batches
 from herd.posttrain.stage import (
-    epochs_of,
     export,
     load_start,
     optimize,
@@ -126,12 +125,9 @@ def run_rm(cfg: RewardJobConfig) -> dict[str, Any]:
     rm = RewardModel(model)
     before = pairwise_accuracy(rm, data.held_out, cfg)
     steps = total_steps(cfg.optim, len(data.train))
-    m = cfg.optim.micro_batch_size
 
     def micro_batches():
-        order = epochs_of(len(data.train), seed=cfg.job.seed)
-        while True:
-            yield [data.train[next(order)] for _ in range(m)]
+        return pair_batches(data.train, cfg.optim.micro_batch_size, seed=cfg.job.seed)
 
     def loss_fn(pairs: list[Pair], accumulation: int) -> tuple[torch.Tensor, dict[str, float]]:
         # Pairs with and without an edit go through separately so every forward has one shape of pair.
