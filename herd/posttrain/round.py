@@ -105,7 +105,7 @@ def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
     eval_model("start", start.model, start.tokenizer)
     del start
 
-    def stage(name: str, cfg_obj, run, updates: dict[str, str]) -> Path:
+    def stage(name: str, cfg_obj, run, updates: dict[str, Any]) -> Path:
         out_dir = root / name
         if not (out_dir / "model").is_dir() and not (out_dir / "summary.json").is_file():
             for key, value in updates.items():
