@@ -97,12 +97,11 @@ def optimize(
     loss_fn: Callable[[Any, int], tuple[torch.Tensor, dict[str, float]]],
     run_dir: Path,
     name: str,
-    after_step: Callable[[int], dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """AdamW over `params` for `steps` steps: each step draws batch_size / micro_batch_size micro-batches from
     `micro_batches()`; `loss_fn(micro, accumulation)` returns the micro-batch's loss already divided by the
-    accumulation count, plus metrics (averaged over the step). Linear warmup, then linear decay to 0.
-    `after_step(step)` may add metrics (a held-out evaluation, say). Returns the metric records."""
+    accumulation count, plus metrics (averaged over the step). Linear warmup, then linear decay to 0. Returns
+    the metric records (also written to run_dir/metrics.jsonl)."""
     params = [p for p in params if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=(0.9, 0.95))
 
@@ -132,8 +131,6 @@ def optimize(
                       "grad_norm": round(grad_norm, 4), "lr": scheduler.get_last_lr()[0],
                       "step_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
             scheduler.step()
-            if after_step is not None:
-                record.update(after_step(step))
             log.write(json.dumps(record) + "\n")
             log.flush()
             records.append(record)
