@@ -46,23 +46,24 @@ def pair_logps(
 
 
 @torch.no_grad()
-def reference_logps(model: Transformer, pairs: list[Pair], cfg: DPOJobConfig, cache: Path) -> dict[str, list[float]]:
-    """{pair digest: [chosen, rejected]} under the starting weights; read from `cache` when it holds them all."""
+def reference_logps(model: Transformer, pairs: list[Pair], cfg: DPOJobConfig, cache: Path) -> list[list[float]]:
+    """[chosen, rejected] of each pair under the starting weights; the cache file, keyed by pair digest, supplies
+    those it already holds and keeps the rest."""
     digests = [pair_digest(p) for p in pairs]
     cached: dict[str, list[float]] = torch.load(cache) if cache.is_file() else {}
-    missing = [p for p, d in zip(pairs, digests, strict=True) if d not in cached]
+    missing = [(p, d) for p, d in zip(pairs, digests, strict=True) if d not in cached]
     if missing:
         was_training = model.training
         model.eval()
         for start in range(0, len(missing), cfg.optim.micro_batch_size):
             group = missing[start : start + cfg.optim.micro_batch_size]
-            chosen, rejected, _, _ = pair_logps(model, group, cfg)
-            for p, c, r in zip(group, chosen.tolist(), rejected.tolist(), strict=True):
-                cached[pair_digest(p)] = [c, r]
+            chosen, rejected, _, _ = pair_logps(model, [p for p, _ in group], cfg)
+            for (_, d), c, r in zip(group, chosen.tolist(), rejected.tolist(), strict=True):
+                cached[d] = [c, r]
         model.train(was_training)
         with atomic_file(cache, "wb") as f:
             torch.save(cached, f)
-    return cached
+    return [cached[d] for d in digests]
 
 
 def pair_digest(p: Pair) -> str:
@@ -83,12 +84,14 @@ def run_dpo(cfg: DPOJobConfig) -> dict[str, Any]:
                       use_edited=False)  # fmt: skip
     write_config(run_dir, cfg)
     # The starting weights are the reference: with LoRA its adapters start at zero, so this is the base model.
-    ref = reference_logps(model, data.train + data.held_out, cfg, run_dir / "reference_logps.pt")
+    all_pairs = data.train + data.held_out
+    ref_values = reference_logps(model, all_pairs, cfg, run_dir / "reference_logps.pt")
+    ref = {id(p): r for p, r in zip(all_pairs, ref_values, strict=True)}  # looked up per step without re-hashing
     d = cfg.dpo
 
     def loss_on(pairs: list[Pair]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         chosen, rejected, n_chosen, _ = pair_logps(model, pairs, cfg)
-        refs = torch.tensor([ref[pair_digest(p)] for p in pairs])
+        refs = torch.tensor([ref[id(p)] for p in pairs])
         return dpo_loss(chosen, rejected, refs[:, 0], refs[:, 1], beta=d.beta,
                         chosen_nll=-chosen / n_chosen.clamp(min=1), nll_coef=d.nll_coef)  # fmt: skip
 
