@@ -59,7 +59,7 @@ PEER = {"sft": "trl", "dpo": "trl", "rs": "transformers"}
 
 def prepare(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     from herd.inference.loader import load_pretrained
-    from herd.posttrain.data import encode_prompt, sft_example
+    from herd.posttrain.data import encode_prompt, sft_example, write_jsonl
     from herd.posttrain.stage import export
     from herd.posttrain.synth_tasks import make_tasks, task_dialog
 
@@ -111,10 +111,6 @@ def wrong_answer(item: dict[str, Any], items: list[dict[str, Any]], rng: random.
         return str(int(answer) + rng.choice([-3, -2, -1, 1, 2, 3]))
     others = [it["answer"] for it in items if it["task"] == item["task"] and it["answer"] != answer]
     return rng.choice(others) if others else answer[::-1]
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------

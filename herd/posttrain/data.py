@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import DataError
+from herd.fileio import atomic_file
 from herd.posttrain.losses import IGNORE_INDEX
 from herd.tokenizer import HFTokenizer, Llama3Tokenizer, Tokenizer
 
@@ -66,6 +67,24 @@ def read_jsonl(path: str | Path, *, kind: str, on_error: str = "skip") -> ReadRe
             raise DataError(where)
         result.problems.append(where)
     return result
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def read_prompts(files: list[str], *, on_error: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Prompt records of jsonl files and the `file:line: reason` of every skipped line; none usable is an error."""
+    records, problems = [], []
+    for file in files:
+        result = read_jsonl(file, kind="prompt", on_error=on_error)
+        records += result.records
+        problems += result.problems
+    if not records:
+        raise DataError(f"no usable prompts in {', '.join(files)}" + (f" ({problems[0]})" if problems else ""))
+    return records, problems
 
 
 def _check(record: Any, kind: str) -> str | None:

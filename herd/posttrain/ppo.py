@@ -252,8 +252,8 @@ def run_ppo(cfg: PPOJobConfig) -> dict[str, Any]:
     same weights, rewards come from a reward model or each prompt's verifiable checker; the policy is exported
     without its value head."""
     from herd.inference.loader import load_pretrained
-    from herd.posttrain.data import encode_prompt
-    from herd.posttrain.rejection import checker_scorer, read_prompts, reward_model_scorer
+    from herd.posttrain.data import encode_prompt, read_prompts
+    from herd.posttrain.rejection import checker_scorer, reward_model_scorer
     from herd.posttrain.stage import export, load_start, write_config, write_json
 
     check(cfg)

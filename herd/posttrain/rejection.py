@@ -9,7 +9,6 @@ reward model or DPO).
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
@@ -19,12 +18,11 @@ from typing import Any
 import torch
 
 from herd.errors import DataError
-from herd.fileio import atomic_file
 from herd.inference import Engine, SamplingParams
 from herd.inference.loader import load_pretrained, parse_dtype
 from herd.model import Transformer
 from herd.posttrain.config import RejectionJobConfig, check
-from herd.posttrain.data import encode_prompt, read_jsonl
+from herd.posttrain.data import encode_prompt, read_prompts, write_jsonl
 from herd.posttrain.stage import write_config, write_json
 from herd.tokenizer import Tokenizer
 
@@ -73,31 +71,13 @@ def select(
     return sft, pairs
 
 
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, "w") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-
-def read_prompts(files: list[str], *, on_error: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Prompt records of jsonl files and the `file:line: reason` of every skipped line; none usable is an error."""
-    records, problems = [], []
-    for file in files:
-        result = read_jsonl(file, kind="prompt", on_error=on_error)
-        records += result.records
-        problems += result.problems
-    if not records:
-        raise DataError(f"no usable prompts in {', '.join(files)}" + (f" ({problems[0]})" if problems else ""))
-    return records, problems
-
-
 def reward_model_scorer(path: str) -> Scorer:
     from herd.posttrain.reward import load_reward_model
 
     rm, tokenizer = load_reward_model(path)
 
     def score(records: list[dict[str, Any]], responses: list[str]) -> list[float]:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(rm.head.weight.device.type, dtype=torch.bfloat16):
             return rm.score(tokenizer, [r["messages"] for r in records], responses)
 
     return score

@@ -25,8 +25,8 @@ from herd.config import ConfigError
 from herd.errors import DataError
 from herd.inference import Engine, SamplingParams
 from herd.model import Transformer
-from herd.posttrain.data import encode_prompt
-from herd.posttrain.rejection import write_jsonl
+from herd.posttrain.data import encode_prompt, write_jsonl
+from herd.posttrain.stage import write_json
 from herd.posttrain.synth_facts import fact_eval, fact_items, make_fact_data, open_book_variant, probe, score_fact
 from herd.posttrain.synth_tasks import check_task, make_tasks, task_dialog
 from herd.posttrain.synth_tools import make_tool_dialogs, make_tool_eval, make_tools, score_tool_call
@@ -162,8 +162,6 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
     summary = {"format": fmt, "sft_dialogs": len(sft), "tool_dialogs": s.tool_dialogs, "task_dialogs": s.tasks,
                "fact_dialogs": len(facts), "fact_labels": labels, "prompts": len(prompts), "eval_items": len(held),
                "seconds": round(time.perf_counter() - t0, 1), "output": str(out)}  # fmt: skip
-    from herd.posttrain.stage import write_json
-
     write_json(out / "summary.json", summary)
     return summary
 

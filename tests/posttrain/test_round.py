@@ -7,7 +7,7 @@ import pytest
 
 from herd.config import load
 from herd.inference.loader import load_pretrained
-from herd.posttrain.rejection import write_jsonl
+from herd.posttrain.data import write_jsonl
 from herd.posttrain.round import RoundJobConfig, format_round
 from herd.posttrain.sft import run_sft
 from herd.posttrain.synth import evaluate
