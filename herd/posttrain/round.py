@@ -84,25 +84,30 @@ def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
         print(f"[round] {name}: {times[name]:.0f}s", flush=True)
         return out
 
-    # Sampling (probing, evaluation) runs on bf16 weights: about twice the decode speed of float32 on CPU.
-    start = load_pretrained(r.init_from or None, dtype=torch.bfloat16)
+    def for_sampling(model: str):
+        # Probing and evaluation decode on bf16 weights: about twice the speed of float32 on CPU.
+        return load_pretrained(model or None, dtype=torch.bfloat16)
+
+    start = None  # loaded only for what a resumed round still has to do
     synth_dir = root / "synth"
     if not (synth_dir / "summary.json").is_file():
+        start = for_sampling(r.init_from)
         s = cfg.synth
         s.output, s.model, s.seed = str(synth_dir), r.init_from, r.seed
         timed("synth", run_synth, s, model=start.model, tokenizer=start.tokenizer)
     items = [json.loads(line) for line in (synth_dir / "eval.jsonl").read_text().splitlines()]
     results: dict[str, dict[str, Any]] = {}
 
-    def eval_model(name: str, model, tokenizer) -> None:
+    def eval_model(name: str, model: str, loaded=None) -> None:
         path = root / f"eval_{name}.json"
         if not path.is_file():
-            metrics = timed(f"eval {name}", evaluate, model, tokenizer, items, max_new_tokens=r.eval_max_new_tokens,
-                            batch_size=cfg.synth.batch_size)  # fmt: skip
+            loaded = loaded or for_sampling(model)
+            metrics = timed(f"eval {name}", evaluate, loaded.model, loaded.tokenizer, items,
+                            max_new_tokens=r.eval_max_new_tokens, batch_size=cfg.synth.batch_size)  # fmt: skip
             write_json(path, metrics)
         results[name] = json.loads(path.read_text())
 
-    eval_model("start", start.model, start.tokenizer)
+    eval_model("start", r.init_from, start)
     del start
 
     def stage(name: str, cfg_obj, run, updates: dict[str, Any]) -> Path:
@@ -130,14 +135,12 @@ def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
         "job.dump_folder": str(root / "dpo"), "model.init_from": str(sft / "model"), "data.train": [pairs],
     })  # fmt: skip
     for name, path in (("sft", sft / "model"), ("dpo", dpo / "model")):
-        loaded = load_pretrained(str(path), dtype=torch.bfloat16)
-        eval_model(name, loaded.model, loaded.tokenizer)
+        eval_model(name, str(path))
     if r.average:
         averaged = root / "average"
         if not averaged.is_dir():
             timed("average", average_to, [sft / "model", dpo / "model"], averaged, to="hf")
-        loaded = load_pretrained(str(averaged), dtype=torch.bfloat16)
-        eval_model("average", loaded.model, loaded.tokenizer)
+        eval_model("average", str(averaged))
 
     summary = {"metrics": {name: {k: v for k, v in m.items() if k != "responses"} for name, m in results.items()},
                "seconds": times, "total_s": round(time.perf_counter() - t_round, 1),
