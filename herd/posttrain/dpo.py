@@ -38,7 +38,7 @@ def pair_logps(
     """Summed log-probs of chosen and rejected responses, and the chosen/rejected target counts."""
     device = next(model.parameters()).device
     tokens, targets, _ = pad([p.chosen for p in pairs] + [p.rejected for p in pairs], device)
-    with precision(cfg.model):
+    with precision(cfg.model, device):
         logits = model(tokens)
     logps, counts = sequence_logps(logits, targets)
     n = len(pairs)

@@ -106,7 +106,7 @@ def pairwise_accuracy(rm: RewardModel, pairs: list[Pair], cfg: RewardJobConfig) 
     rm.eval()
     right = 0
     for start in range(0, len(pairs), cfg.optim.micro_batch_size):
-        with precision(cfg.model):
+        with precision(cfg.model, rm.head.weight.device):
             chosen, rejected, _ = pair_scores(rm, pairs[start : start + cfg.optim.micro_batch_size])
         right += int((chosen > rejected).sum())
     rm.train(was_training)
@@ -137,7 +137,7 @@ def run_rm(cfg: RewardJobConfig) -> dict[str, Any]:
         for group in (edited, plain):
             if not group:
                 continue
-            with precision(cfg.model):
+            with precision(cfg.model, rm.head.weight.device):
                 chosen, rejected, edit = pair_scores(rm, group)
             total = total + reward_loss(chosen, rejected, edit) * len(group)
             right += int((chosen > rejected).sum())

@@ -38,10 +38,10 @@ def load_start(m: ModelSection, *, seed: int) -> tuple[Transformer, Tokenizer]:
     return model, pretrained.tokenizer
 
 
-def precision(m: ModelSection) -> contextlib.AbstractContextManager:
-    """bf16 autocast over float32 weights, or nothing."""
+def precision(m: ModelSection, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast over float32 weights on the model's device, or nothing."""
     if m.dtype == "bfloat16":
-        return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
