@@ -304,13 +304,15 @@ class Trainer:
         The gradient is of sum(loss) / targets in the whole global batch; FSDP averages gradients over the
         data-parallel ranks, so each rank scales its part by their number to make that average a sum.
         """
+        # Post-training batches target a fraction of their tokens (assistant turns): the output projection and
+        # the cross-entropy then run on those positions only. One process only: FSDP and TP own the output layer.
+        # Decided on the loader's host tensor, so an accelerator is never synchronized for it.
+        keep = micro.targets != IGNORE_INDEX
+        sparse = self.mesh is None and float(keep.float().mean()) < 0.5
         tokens = micro.tokens.to(self.device)
         targets = micro.targets.to(self.device)
         doc_ids = micro.doc_ids.to(self.device)
-        keep = targets != IGNORE_INDEX
-        # Post-training batches target a fraction of their tokens (assistant turns): the output projection and
-        # the cross-entropy then run on those positions only. One process only: FSDP and TP own the output layer.
-        sparse = self.mesh is None and float(keep.float().mean()) < 0.5
+        keep = keep.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(tokens, positions_BT=document_positions(doc_ids), mask=document_mask(doc_ids),
                              return_hidden=sparse)  # fmt: skip
