@@ -436,7 +436,8 @@ def cmd_synth(a: argparse.Namespace) -> None:
     s = run_synth(load(SynthJobConfig, a.config, a.overrides).synth)
     print(f"done in {s['seconds']}s ({s['format']} chat format): {s['sft_dialogs']} SFT dialogs "
           f"({s['tool_dialogs']} tool, {s['task_dialogs']} task, {s['fact_dialogs']} fact), {s['prompts']} prompts, "
-          f"{s['eval_items']} held-out items -> {s['output']}/{{sft,prompts,eval}}.jsonl")  # fmt: skip
+          f"{s['fact_pairs']} fact pairs, {s['eval_items']} held-out items -> "
+          f"{s['output']}/{{sft,prompts,pairs,eval}}.jsonl")  # fmt: skip
 
 
 def cmd_round(a: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from herd.data.loader import IGNORE_INDEX
 from herd.fileio import atomic_file
 from herd.model import Transformer
 from herd.posttrain.config import DPOJobConfig, check
@@ -39,7 +40,10 @@ def pair_logps(
     device = next(model.parameters()).device
     tokens, targets, _ = pad([p.chosen for p in pairs] + [p.rejected for p in pairs], device)
     with precision(cfg.model, device):
-        logits = model(tokens)
+        # The output layer runs only where there are targets: prompts and padding are most of each row, and full
+        # logits over the vocabulary at every position would cost more than the transformer.
+        hidden = model(tokens, return_hidden=True)
+        logits = model.output(hidden[targets != IGNORE_INDEX])
     logps, counts = sequence_logps(logits, targets)
     n = len(pairs)
     return logps[:n], logps[n:], counts[:n], counts[n:]

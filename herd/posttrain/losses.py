@@ -18,12 +18,16 @@ import torch.nn.functional as F
 from herd.data.loader import IGNORE_INDEX
 
 
-def sequence_logps(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed log-probability of the targets (IGNORE_INDEX left out) and how many targets count."""
+def sequence_logps(logits_NV: torch.Tensor, targets_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of `targets_BT`: the summed log-probability of its targets and how many there are. The logits are
+    computed only at the target positions: row n of `logits_NV` is the n-th position where `targets_BT` is not
+    IGNORE_INDEX, in row-major order (`output(hidden[targets != IGNORE_INDEX])`)."""
     valid = targets_BT != IGNORE_INDEX
-    logps = torch.log_softmax(logits_BTV.float(), dim=-1)
-    picked = logps.gather(-1, targets_BT.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * valid).sum(dim=-1), valid.sum(dim=-1)
+    logps = torch.log_softmax(logits_NV.float(), dim=-1)
+    picked = logps.gather(-1, targets_BT[valid].unsqueeze(-1)).squeeze(-1)
+    rows = valid.nonzero()[:, 0]
+    sums = torch.zeros(targets_BT.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
+    return sums, valid.sum(dim=-1)
 
 
 def reward_loss(

@@ -1,9 +1,9 @@
 """`herd round`: one Llama 3-style post-training round, end to end, with held-out metrics before and after.
 
-    synth (tool dialogs, tasks, probed facts) -> eval(start) -> SFT -> rejection sampling from the SFT model
-    (K samples per prompt, scored by their checkers; best kept, best-vs-worst pairs) -> reward model on those
-    pairs -> DPO from the SFT model on those pairs -> eval(SFT), eval(DPO) -> model averaging of SFT and DPO
-    -> eval(average)
+    synth (tool dialogs, tasks, probed facts, fact pairs) -> eval(start) -> SFT -> rejection sampling from the
+    SFT model (K samples per prompt, scored by their checkers; best kept, best-vs-worst pairs) -> reward model on
+    those pairs and the fact pairs -> DPO from the SFT model on the same -> eval(SFT), eval(DPO) -> model
+    averaging of SFT and DPO -> eval(average)
 
 Each stage reads its hyperparameters from its own config file (`round.*_config`); the round only wires the
 artifacts between them (data files, init_from, run directories under `round.dump_folder`). Finished stages are
@@ -46,8 +46,9 @@ class RoundSection:
     rm_config: str = "configs/posttrain/rm.toml"
     dpo_config: str = "configs/posttrain/dpo.toml"
     eval_max_new_tokens: int = 48
-    average: bool = True
-    """Average the SFT and DPO models (Llama 3 averages models across runs) and evaluate the average too."""
+    average: bool = False
+    """Also average the SFT and DPO models (`herd ckpt average`) and evaluate the average. Off by default: on the
+    shipped round the average takes back part of what DPO's answer-over-refusal pairs fixed (README)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -127,12 +128,14 @@ def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
         "job.dump_folder": str(root / "rs"), "model.init_from": str(sft / "model"),
         "data.train": [str(synth_dir / "prompts.jsonl")], "rs.output": str(root / "rs" / "rs.jsonl"),
     })  # fmt: skip
-    pairs = str(rs / "rs_pairs.jsonl")
+    # Rejection-sampled pairs plus the fact pairs synth wrote in both directions (refusal > wrong answer, answer >
+    # refusal), without which DPO learns only to refuse more.
+    pairs = [str(rs / "rs_pairs.jsonl"), str(synth_dir / "pairs.jsonl")]
     stage("rm", stage_cfgs["rm"], run_rm, {
-        "job.dump_folder": str(root / "rm"), "model.init_from": str(sft / "model"), "data.train": [pairs],
+        "job.dump_folder": str(root / "rm"), "model.init_from": str(sft / "model"), "data.train": pairs,
     })  # fmt: skip
     dpo = stage("dpo", stage_cfgs["dpo"], run_dpo, {
-        "job.dump_folder": str(root / "dpo"), "model.init_from": str(sft / "model"), "data.train": [pairs],
+        "job.dump_folder": str(root / "dpo"), "model.init_from": str(sft / "model"), "data.train": pairs,
     })  # fmt: skip
     for name, path in (("sft", sft / "model"), ("dpo", dpo / "model")):
         eval_model(name, str(path))

@@ -7,7 +7,8 @@
 - verifiable tasks (synth_tasks.py): arithmetic, formatting and extraction with exact checkers.
 
 Writes into `synth.output`: sft.jsonl (training dialogs), prompts.jsonl (train-split prompts with their checkable
-`item`, for rejection sampling and PPO), eval.jsonl (held-out items: tool, fact and task) and summary.json.
+`item`, for rejection sampling and PPO), pairs.jsonl (fact preference pairs: refusal > wrong answer, answer >
+refusal; for the reward model and DPO), eval.jsonl (held-out items: tool, fact and task) and summary.json.
 `evaluate` measures a model on eval items: tool-call validity, refusals on unanswerable vs answerable questions,
 verifiable-task accuracy.
 """
@@ -27,7 +28,15 @@ from herd.inference import Engine, SamplingParams
 from herd.model import Transformer
 from herd.posttrain.data import encode_prompt, write_jsonl
 from herd.posttrain.stage import write_json
-from herd.posttrain.synth_facts import fact_eval, fact_items, make_fact_data, open_book_variant, probe, score_fact
+from herd.posttrain.synth_facts import (
+    fact_eval,
+    fact_items,
+    make_fact_data,
+    make_fact_pairs,
+    open_book_variant,
+    probe,
+    score_fact,
+)
 from herd.posttrain.synth_tasks import check_task, make_tasks, task_dialog
 from herd.posttrain.synth_tools import make_tool_dialogs, make_tool_eval, make_tools, score_tool_call
 from herd.tokenizer import HFTokenizer, Llama3Tokenizer, Tokenizer
@@ -136,6 +145,7 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
     probed = probe(engine, questions, samples=s.fact_samples, max_new_tokens=s.max_new_tokens, seed=s.seed)
     facts = make_fact_data(probed, random.Random(s.seed + 4))
     sft += facts
+    pairs = make_fact_pairs(probed, facts, random.Random(s.seed + 9))
     # Probed questions are prompts too: answer the answerable, refuse the rest (mixed ones have no right action).
     for q in probed:
         if q["label"] != "mixed" or q["open_book"]:
@@ -158,10 +168,11 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
     random.Random(s.seed + 8).shuffle(sft)
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "prompts.jsonl", prompts)
+    write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "eval.jsonl", held)
     summary = {"format": fmt, "sft_dialogs": len(sft), "tool_dialogs": s.tool_dialogs, "task_dialogs": s.tasks,
-               "fact_dialogs": len(facts), "fact_labels": labels, "prompts": len(prompts), "eval_items": len(held),
-               "seconds": round(time.perf_counter() - t0, 1), "output": str(out)}  # fmt: skip
+               "fact_dialogs": len(facts), "fact_pairs": len(pairs), "fact_labels": labels, "prompts": len(prompts),
+               "eval_items": len(held), "seconds": round(time.perf_counter() - t0, 1), "output": str(out)}  # fmt: skip
     write_json(out / "summary.json", summary)
     return summary
 

@@ -12,7 +12,8 @@
 3. `probe` samples the model's answers and `judge`s each one; an item is "known" when most samples are correct,
    "unknown" when none is, and "mixed" otherwise.
 4. `make_fact_data` keeps a correct sampled answer for known items and writes a refusal for unknown ones; mixed
-   items are left out. `fact_eval` turns probed eval items into answerable / unanswerable test items.
+   items are left out. `make_fact_pairs` turns those records into preference pairs in both directions (refusal >
+   wrong answer, answer > refusal). `fact_eval` turns probed eval items into answerable / unanswerable test items.
 
 Splits: an item's split is a hash partition (`split_of`) of its fact key ("http_status:404"), shared by every
 question about that fact, so eval facts are never trained on in either direction.
@@ -263,6 +264,30 @@ def make_fact_data(probed: Sequence[dict[str, Any]], rng: random.Random) -> list
         messages = [*item["messages"], {"role": "assistant", "content": response}]
         records.append({"messages": messages, "key": item["key"], "label": item["label"]})
     return records
+
+
+def make_fact_pairs(probed: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
+                    rng: random.Random) -> list[dict[str, Any]]:  # fmt: skip
+    """Preference pairs on both sides of the line, from `make_fact_data`'s records: where the model does not know,
+    its refusal over one of its own wrong answers; where it knows or the snippet tells it, its answer over a
+    refusal. Rejection sampling alone yields mostly the first kind (an SFT model that already answers open-book
+    questions right leaves no pair to learn from), and DPO on those alone spreads refusals to answerable questions;
+    Llama 3 likewise balances its safety data with borderline prompts against false refusals."""
+    by_key = {item["key"]: item for item in probed}
+    pairs = []
+    for record in records:
+        item = by_key[record["key"]]
+        chosen = record["messages"][-1]["content"]
+        if is_refusal(chosen):
+            wrong = [s["response"].strip() for s in item["samples"] if s["verdict"] == "wrong"]
+            if not wrong:  # fictitious questions are not sampled
+                continue
+            rejected = rng.choice(wrong)
+        else:
+            rejected = rng.choice(_REFUSALS).format(topic=item["topic"])
+        pairs.append({"messages": record["messages"][:-1], "chosen": chosen, "rejected": rejected,
+                      "key": item["key"]})  # fmt: skip
+    return pairs
 
 
 def fact_eval(probed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

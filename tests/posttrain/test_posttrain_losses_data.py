@@ -52,7 +52,7 @@ def test_reward_loss_is_bradley_terry_and_ranks_an_edit_above_both() -> None:
 def test_sequence_logps_sum_only_the_targets() -> None:
     logits = torch.randn(2, 4, 7)
     targets = torch.tensor([[1, IGNORE_INDEX, 3, 0], [IGNORE_INDEX] * 4])
-    total, count = sequence_logps(logits, targets)
+    total, count = sequence_logps(logits[targets != IGNORE_INDEX], targets)
     logp = torch.log_softmax(logits, -1)
     assert total[0].item() == pytest.approx((logp[0, 0, 1] + logp[0, 2, 3] + logp[0, 3, 0]).item(), rel=1e-6)
     assert total[1].item() == 0 and count.tolist() == [3, 0]

@@ -8,8 +8,8 @@ from herd.config import ConfigError, load
 from herd.data.loader import IGNORE_INDEX
 from herd.errors import DataError
 from herd.posttrain.config import DPOJobConfig, RewardJobConfig
-from herd.posttrain.dpo import run_dpo
-from herd.posttrain.preference import encode_response, load_pairs
+from herd.posttrain.dpo import pair_logps, run_dpo
+from herd.posttrain.preference import encode_response, load_pairs, pad
 from herd.posttrain.reward import load_reward_model, run_rm
 from herd.tokenizer import load_tokenizer
 
@@ -93,6 +93,31 @@ def test_dpo_raises_the_chosen_margin_on_held_out_pairs_and_caches_the_reference
 
     exported = load_pretrained(str(tmp_path / "dpo" / "model"))
     assert not any("lora" in k for k in exported.model.state_dict())
+
+
+def test_dpo_log_probs_and_gradients_equal_the_full_logits_computation(tiny_chat_model, tmp_path) -> None:
+    """pair_logps runs the output layer at target positions only; the dense version scores every position."""
+    from herd.inference.loader import load_pretrained
+
+    write_pairs(tmp_path / "p.jsonl", n=4)
+    loaded = load_pretrained(tiny_chat_model)
+    model = loaded.model.float()
+    pairs = load_pairs([str(tmp_path / "p.jsonl")], loaded.tokenizer, on_error="skip", max_seq_len=512,
+                       eval_fraction=0.0, seed=0, content_only=True).train  # fmt: skip
+    cfg = load(DPOJobConfig, None, ["data.train=['x.jsonl']", "model.dtype=float32"])
+    chosen, rejected, n_chosen, n_rejected = pair_logps(model, pairs, cfg)
+    (chosen.sum() - 2 * rejected.sum()).backward()
+    sparse_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    tokens, targets, _ = pad([p.chosen for p in pairs] + [p.rejected for p in pairs])
+    logp = torch.log_softmax(model(tokens), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    dense = (logp * (targets != IGNORE_INDEX)).sum(-1)
+    (dense[:4].sum() - 2 * dense[4:].sum()).backward()
+    torch.testing.assert_close(torch.cat([chosen, rejected]), dense.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.cat([n_chosen, n_rejected]).tolist() == (targets != IGNORE_INDEX).sum(-1).tolist()
+    for p, g in zip(model.parameters(), sparse_grads, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_bad_stage_config_names_the_key() -> None:

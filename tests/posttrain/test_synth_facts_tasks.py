@@ -12,6 +12,7 @@ from herd.posttrain.synth_facts import (
     is_refusal,
     judge,
     make_fact_data,
+    make_fact_pairs,
     probe,
     score_fact,
 )
@@ -196,6 +197,24 @@ def test_make_fact_data_trims_a_cut_off_answer_to_a_sentence():
     assert record["messages"][-1]["content"] == "It is Not Found."
     cut["samples"] = cut["samples"][1:]
     assert make_fact_data([cut], random.Random(0)) == []
+
+
+def test_fact_pairs_prefer_refusals_where_unknown_and_answers_over_refusals_where_known():
+    known = _probed("known", ["correct", "correct", "wrong"], ["It is Not Found.", "Not Found.", "Gone."])
+    unknown = _probed("unknown", ["wrong", "wrong", "refused"], ["Gone.", "OK.", "I don't know."], key="b")
+    made_up = {**_fact(None, key="c"), "samples": [], "label": "unknown"}  # not sampled: no wrong answer to reject
+    opened = {**_probed("unknown", ["wrong"], ["Gone."], key="d"), "open_book": True}
+    probed = [known, unknown, made_up, opened]
+    pairs = make_fact_pairs(probed, make_fact_data(probed, random.Random(0)), random.Random(0))
+    by_key = {p["key"]: p for p in pairs}
+    assert set(by_key) == {"http_status:404", "b", "d"}
+    assert by_key["http_status:404"]["chosen"] in ("It is Not Found.", "Not Found.")
+    assert by_key["d"]["chosen"] == "Not Found"  # open-book: the snippet's answer
+    for key in ("http_status:404", "d"):
+        assert is_refusal(by_key[key]["rejected"]) and not is_refusal(by_key[key]["chosen"])
+    assert is_refusal(by_key["b"]["chosen"]) and by_key["b"]["rejected"] in ("Gone.", "OK.")
+    for pair in pairs:  # the prompt without the response
+        assert [m["role"] for m in pair["messages"]] == ["user"]
 
 
 def test_every_refusal_target_is_detected():
