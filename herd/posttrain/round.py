@@ -2,8 +2,8 @@
 
     synth (tool dialogs, tasks, probed facts, fact pairs) -> eval(start) -> SFT -> rejection sampling from the
     SFT model (K samples per prompt, scored by their checkers; best kept, best-vs-worst pairs) -> reward model on
-    those pairs and the fact pairs -> DPO from the SFT model on the same -> eval(SFT), eval(DPO) -> model
-    averaging of SFT and DPO -> eval(average)
+    those pairs and the fact pairs -> DPO from the SFT model on the same -> eval(SFT), eval(DPO)
+    [-> model averaging of SFT and DPO -> eval(average), with round.average]
 
 Each stage reads its hyperparameters from its own config file (`round.*_config`); the round only wires the
 artifacts between them (data files, init_from, run directories under `round.dump_folder`). Finished stages are

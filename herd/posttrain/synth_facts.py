@@ -279,7 +279,9 @@ def make_fact_pairs(probed: Sequence[dict[str, Any]], records: Sequence[dict[str
         item = by_key[record["key"]]
         chosen = record["messages"][-1]["content"]
         if is_refusal(chosen):
-            wrong = [s["response"].strip() for s in item["samples"] if s["verdict"] == "wrong"]
+            wrong = [
+                s["response"].strip() for s in item["samples"] if s["verdict"] == "wrong" and s["response"].strip()
+            ]
             if not wrong:  # fictitious questions are not sampled
                 continue
             rejected = rng.choice(wrong)
