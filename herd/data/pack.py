@@ -54,7 +54,7 @@ class PackConfig:
 
 def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
     """Pack and return the manifest (the existing one when the output is already up to date)."""
-    files = _input_files(cfg.input)
+    files = input_files(cfg.input)
     tokenizer = load_tokenizer(None if cfg.tokenizer == "llama3" else cfg.tokenizer)
     identity = tokenizer_identity(cfg.tokenizer, tokenizer)
     inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
@@ -85,7 +85,7 @@ def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
             info["shards"].append({"path": name, "docs": len(pending[source]), "tokens": n})
             pending[source], pending_tokens[source] = [], 0
 
-        for record, where in _records(files, skipped, progress):
+        for record, where in read_records(files, skipped, progress):
             text = record.get(cfg.text_field)
             if not isinstance(text, str):
                 skipped.append(f"{where}: no string field {cfg.text_field!r}")
@@ -155,7 +155,8 @@ def tokenizer_identity(spec: str, tokenizer: Tokenizer) -> dict[str, Any]:
     }
 
 
-def _input_files(inputs: list[str]) -> list[Path]:
+def input_files(inputs: list[str]) -> list[Path]:
+    """The .jsonl files that `inputs` (files and directories, searched recursively) name, in a stable order."""
     if not inputs:
         raise DataError("no input given: pass --input FILE_OR_DIR (jsonl)")
     files: list[Path] = []
@@ -172,7 +173,7 @@ def _input_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _records(files: list[Path], skipped: list[str], progress: bool) -> Iterator[tuple[dict[str, Any], str]]:
+def read_records(files: list[Path], skipped: list[str], progress: bool) -> Iterator[tuple[dict[str, Any], str]]:
     """Records of every jsonl file in order; broken lines are recorded in `skipped` with file:line, never fatal."""
     from rich.progress import Progress
 

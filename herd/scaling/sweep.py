@@ -26,7 +26,7 @@ import torch
 
 from herd.config import ConfigError, load
 from herd.data.loader import MixLoader
-from herd.data.pack import PackConfig, _input_files, _records, pack
+from herd.data.pack import PackConfig, input_files, pack, read_records
 from herd.errors import HerdError
 from herd.fileio import atomic_file
 from herd.model import count_params, document_mask, document_positions, flops_per_token, get_preset
@@ -140,7 +140,7 @@ def prepare_data(cfg: SweepSection, out: Path) -> tuple[Path, Path, list[tuple[s
     data.mkdir(exist_ok=True)
     splits: dict[str, list[str]] = {"train": [], "val": []}
     held: list[tuple[str, str]] = []
-    for record, _ in _records(_input_files(cfg.input), [], False):
+    for record, _ in read_records(input_files(cfg.input), [], False):
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
             continue
