@@ -1,6 +1,8 @@
 """The direction of a post-training round, on the real embedded SmolLM2-135M-Instruct at a size CI can afford:
-`herd round` end to end (synth -> SFT -> rejection sampling -> reward model -> DPO) on a few hundred checked
-examples moves the held-out metrics it reports the right way."""
+`herd round` end to end (synth -> SFT -> rejection sampling -> reward model -> DPO) on about 120 checked
+dialogs moves the held-out metrics it reports the right way. At this size the data mix is a handful of facts per
+family: with round.seed=1 the same setting raised refusals of unanswerable questions by only 0.2 (answerable ones
+still not refused), so the thresholds hold for seed 0, not for any seed."""
 
 import json
 
