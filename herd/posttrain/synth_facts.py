@@ -131,6 +131,10 @@ _SHORT_LEFT = "\"'`([«“‘"
 _SHORT_RIGHT = "\"'`)]».,;:!?”’"
 
 
+def _refusal(item: dict[str, Any], rng: random.Random) -> str:
+    return rng.choice(_REFUSALS).format(topic=item["topic"])
+
+
 def is_refusal(text: str) -> bool:
     """Whether the text declines to answer: "I don't know", "I'm not sure", "I do not have information", ..."""
     return _REFUSAL_PATTERNS.search(text.lower().replace("’", "'")) is not None
@@ -258,7 +262,7 @@ def make_fact_data(probed: Sequence[dict[str, Any]], rng: random.Random) -> list
             # The snippet in the prompt holds the answer: the model should read it, not refuse.
             response = item["answer"]
         elif item["label"] == "unknown":
-            response = rng.choice(_REFUSALS).format(topic=item["topic"])
+            response = _refusal(item, rng)
         else:
             continue
         messages = [*item["messages"], {"role": "assistant", "content": response}]
@@ -286,7 +290,7 @@ def make_fact_pairs(probed: Sequence[dict[str, Any]], records: Sequence[dict[str
                 continue
             rejected = rng.choice(wrong)
         else:
-            rejected = rng.choice(_REFUSALS).format(topic=item["topic"])
+            rejected = _refusal(item, rng)
         pairs.append({"messages": record["messages"][:-1], "chosen": chosen, "rejected": rejected,
                       "key": item["key"]})  # fmt: skip
     return pairs
