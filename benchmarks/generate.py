@@ -34,8 +34,9 @@ PROMPT = (
 def _run_herd(dtype_name: str, new_tokens: int, threads: int) -> dict:
     import torch
 
-    from herd.inference import Engine, SamplingParams, load_pretrained
-    from herd.inference.loader import parse_dtype
+    from herd.formats import load_pretrained
+    from herd.formats.load import parse_dtype
+    from herd.inference import Engine, SamplingParams
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -68,8 +69,8 @@ def _run_transformers(dtype_name: str, new_tokens: int, threads: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from herd.inference import resolve_model_path
-    from herd.inference.loader import parse_dtype
+    from herd.formats import resolve_model_path
+    from herd.formats.load import parse_dtype
     from herd.tokenizer import HFTokenizer
 
     torch.set_num_threads(threads)

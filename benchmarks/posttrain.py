@@ -58,7 +58,7 @@ PEER = {"sft": "trl", "dpo": "trl", "rs": "transformers"}
 
 
 def prepare(a: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from herd.inference.loader import load_pretrained
+    from herd.formats.load import load_pretrained
     from herd.posttrain.data import encode_prompt, sft_example, write_jsonl
     from herd.posttrain.stage import export
     from herd.posttrain.synth_tasks import make_tasks, task_dialog
@@ -227,7 +227,7 @@ def dpo_trl(a: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def rs_herd(a: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from herd.inference.loader import load_pretrained
+    from herd.formats.load import load_pretrained
     from herd.posttrain.rejection import sample
 
     pretrained = load_pretrained(dtype=torch.float32)

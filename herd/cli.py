@@ -44,7 +44,7 @@ def _sampling_params(a: argparse.Namespace, **extra):
 
 
 def _load(a: argparse.Namespace):
-    from herd.inference.loader import load_pretrained, parse_dtype
+    from herd.formats.load import load_pretrained, parse_dtype
 
     t0 = time.perf_counter()
     loaded = load_pretrained(a.model, dtype=parse_dtype(a.dtype))
@@ -153,7 +153,7 @@ class _Stats:
 
 
 def cmd_tokenize(a: argparse.Namespace) -> None:
-    from herd.inference.loader import EMBEDDED, resolve_model_path
+    from herd.formats.load import EMBEDDED, resolve_model_path
     from herd.tokenizer import Llama3Tokenizer, load_tokenizer
 
     source = a.tokenizer
@@ -453,7 +453,7 @@ def cmd_round(a: argparse.Namespace) -> None:
 
 
 def cmd_ckpt_average(a: argparse.Namespace) -> None:
-    from herd.inference.loader import parse_dtype
+    from herd.formats.load import parse_dtype
     from herd.train.average import average_to
 
     t0 = time.perf_counter()
@@ -507,8 +507,8 @@ def cmd_plan(a: argparse.Namespace) -> None:
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
-    from herd.checkpoint.convert import convert
-    from herd.inference.loader import parse_dtype, resolve_model_path
+    from herd.formats.convert import convert
+    from herd.formats.load import parse_dtype, resolve_model_path
 
     src = resolve_model_path(a.src)
     t0 = time.perf_counter()
@@ -521,7 +521,7 @@ def cmd_model_info(a: argparse.Namespace) -> None:
     from herd.model import PRESETS, count_params, flops_per_token
 
     if a.name is None:
-        from herd.inference.loader import EMBEDDED
+        from herd.formats.load import EMBEDDED
 
         rows = [(name, count_params(args)["total"]) for name, args in PRESETS.items()]
         if a.json:
@@ -639,8 +639,8 @@ def _print_plan(plan: dict) -> None:
 
 def _args_for(name: str):
     """ModelArgs of a preset, an embedded model or a checkpoint path, reading metadata only."""
-    from herd.checkpoint import read_args
-    from herd.inference.loader import EMBEDDED, resolve_model_path
+    from herd.formats import read_args
+    from herd.formats.load import EMBEDDED, resolve_model_path
     from herd.model import PRESETS, get_preset
 
     if name in PRESETS:

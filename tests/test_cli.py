@@ -65,8 +65,7 @@ def test_errors_are_one_line_without_traceback() -> None:
 
 
 def test_convert_gguf_to_hf_to_meta_keeps_logits_and_output(tmp_path, capsys) -> None:
-    from herd.checkpoint import load_model, read_checkpoint
-    from herd.inference import resolve_model_path
+    from herd.formats import load_model, read_checkpoint, resolve_model_path
 
     assert run(capsys, "convert", "smollm2-135m-instruct", str(tmp_path / "hf"), "--to", "hf")[0] == 0
     assert run(capsys, "convert", str(tmp_path / "hf"), str(tmp_path / "meta"), "--to", "meta")[0] == 0
@@ -84,7 +83,7 @@ def test_convert_gguf_to_hf_to_meta_keeps_logits_and_output(tmp_path, capsys) ->
 def test_transformers_loads_converted_hf_directory(tmp_path, capsys) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from herd.inference import load_pretrained
+    from herd.formats import load_pretrained
 
     assert run(capsys, "convert", "smollm2-135m-instruct", str(tmp_path / "hf"), "--to", "hf")[0] == 0
     ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -113,7 +112,7 @@ def test_generate_and_chat_with_a_meta_directory_use_llama3_tokenizer(tmp_path, 
     """A Meta checkpoint without tokenizer.model falls back to the Llama 3 tokenizer llama-models ships."""
     import io
 
-    from herd.checkpoint import Checkpoint, write_checkpoint
+    from herd.formats import Checkpoint, write_checkpoint
     from herd.model import build_model, get_preset
 
     args = get_preset("tiny").replace(vocab_size=128256)

@@ -424,7 +424,7 @@ class Curator:
         if q.enabled and q.classifier is None and not quality.exists():
             import torch
 
-            from herd.inference import load_pretrained
+            from herd.formats import load_pretrained
 
             self.log(f"  labelling {q.judge_sample} documents with the judge {q.judge} ...")
             judge = LLMJudge(load_pretrained(q.judge, dtype=torch.bfloat16))  # bf16: the fast CPU path

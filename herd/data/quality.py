@@ -40,8 +40,8 @@ from herd.fileio import atomic_file
 if TYPE_CHECKING:
     import torch
 
+    from herd.formats.load import Pretrained
     from herd.inference import Engine
-    from herd.inference.loader import Pretrained
     from herd.model import Transformer
     from herd.tokenizer import Tokenizer
 
@@ -398,8 +398,8 @@ class LLMJudge:
         dtype: str = "bfloat16",
     ) -> None:
         if model is None:
-            from herd.inference import load_pretrained
-            from herd.inference.loader import parse_dtype
+            from herd.formats import load_pretrained
+            from herd.formats.load import parse_dtype
 
             # bf16 is the fast CPU path here (2.2x fp32 for this judge) and gave the same ranking on the test set.
             model = load_pretrained(dtype=parse_dtype(dtype))

@@ -1,16 +1,6 @@
-"""Generation: sampling, the batched KV-cache engine, and loading models by name or path."""
+"""Generation: sampling and the batched KV-cache engine (models load through herd.formats.load_pretrained)."""
 
 from herd.inference.engine import Completion, Engine, TokenEvent
-from herd.inference.loader import DEFAULT_MODEL, EMBEDDED, load_pretrained, resolve_model_path
 from herd.inference.sampling import SamplingParams
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "EMBEDDED",
-    "Completion",
-    "Engine",
-    "SamplingParams",
-    "TokenEvent",
-    "load_pretrained",
-    "resolve_model_path",
-]
+__all__ = ["Completion", "Engine", "SamplingParams", "TokenEvent"]

@@ -251,7 +251,7 @@ def run_ppo(cfg: PPOJobConfig) -> dict[str, Any]:
     """`herd ppo`: the policy starts from model.init_from (LoRA optional), the reference is a frozen copy of the
     same weights, rewards come from a reward model or each prompt's verifiable checker; the policy is exported
     without its value head."""
-    from herd.inference.loader import load_pretrained
+    from herd.formats.load import load_pretrained
     from herd.posttrain.data import encode_prompt, read_prompts
     from herd.posttrain.rejection import checker_scorer, reward_model_scorer
     from herd.posttrain.stage import export, load_start, write_config, write_json

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from herd.errors import DataError
+from herd.formats.load import load_pretrained, parse_dtype
 from herd.inference import Engine, SamplingParams
-from herd.inference.loader import load_pretrained, parse_dtype
 from herd.model import Transformer
 from herd.posttrain.config import RejectionJobConfig, check
 from herd.posttrain.data import encode_prompt, read_prompts, write_jsonl

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from herd.errors import HerdError
-from herd.inference.loader import load_pretrained
+from herd.formats.load import load_pretrained
 from herd.model import Transformer
 from herd.posttrain.config import RewardJobConfig, check
 from herd.posttrain.losses import reward_loss

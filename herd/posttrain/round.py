@@ -58,7 +58,7 @@ class RoundJobConfig:
 
 
 def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
-    from herd.inference.loader import load_pretrained
+    from herd.formats.load import load_pretrained
     from herd.posttrain.config import DPOJobConfig, RejectionJobConfig, RewardJobConfig
     from herd.posttrain.dpo import run_dpo
     from herd.posttrain.rejection import run_rs

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import TrainError
-from herd.inference.loader import load_pretrained
+from herd.formats.load import load_pretrained
 from herd.posttrain.loader import DialogLoader
 from herd.posttrain.lora import apply_lora
 from herd.posttrain.stage import export

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from herd.checkpoint import Checkpoint, cast_state_dict, write_checkpoint
 from herd.config import to_toml
 from herd.fileio import atomic_file
-from herd.inference.loader import load_pretrained, parse_dtype
+from herd.formats import Checkpoint, cast_state_dict, write_checkpoint
+from herd.formats.load import load_pretrained, parse_dtype
 from herd.model import Transformer
 from herd.posttrain.config import ModelSection, OptimSection
 from herd.posttrain.loader import save_tokenizer

@@ -116,7 +116,7 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
     """Write the data files; `model`/`tokenizer` (else loaded from `s.model`) are probed for the fact data."""
     _check(s)
     if model is None or tokenizer is None:
-        from herd.inference.loader import load_pretrained
+        from herd.formats.load import load_pretrained
 
         pretrained = load_pretrained(s.model or None)
         model, tokenizer = pretrained.model, pretrained.tokenizer

@@ -146,8 +146,8 @@ class HFTokenizer(Tokenizer):
     @classmethod
     def from_gguf(cls, path: str | Path) -> "HFTokenizer":
         """Build the tokenizer described by a GGUF file's `tokenizer.*` metadata (byte-level BPE only)."""
-        from herd.checkpoint.gguf import read_gguf_metadata
         from herd.errors import CheckpointError
+        from herd.ggufio import read_gguf_metadata
 
         path = Path(path)
         if not path.is_file():

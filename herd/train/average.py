@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from herd.checkpoint import Checkpoint, cast_state_dict, read_checkpoint, write_checkpoint
 from herd.errors import CheckpointError
+from herd.formats import Checkpoint, cast_state_dict, read_checkpoint, write_checkpoint
 from herd.model import ModelArgs, build_model
 from herd.train.checkpoint import _quiet_dcp, is_training_checkpoint, read_params
 

@@ -4,7 +4,8 @@ transformers' greedy generation on the same GGUF file (both dequantize to float3
 import pytest
 import torch
 
-from herd.inference import Engine, SamplingParams, load_pretrained, resolve_model_path
+from herd.formats import load_pretrained, resolve_model_path
+from herd.inference import Engine, SamplingParams
 
 PROMPTS = [
     "What is the capital of France?",

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from herd.checkpoint.hf import args_from_hf_config, from_hf_state_dict
+from herd.formats.hf import args_from_hf_config, from_hf_state_dict
 from herd.model import build_model
 
 BASE = dict(

@@ -4,8 +4,8 @@ post-training stages run on it in seconds, with the real chat format."""
 import pytest
 import torch
 
-from herd.checkpoint import Checkpoint, write_checkpoint
-from herd.inference.loader import resolve_model_path
+from herd.formats import Checkpoint, write_checkpoint
+from herd.formats.load import resolve_model_path
 from herd.model import ModelArgs, build_model
 from herd.posttrain.loader import save_tokenizer
 from herd.tokenizer import HFTokenizer

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from herd.errors import DataError
-from herd.inference.loader import resolve_model_path
+from herd.formats.load import resolve_model_path
 from herd.posttrain.data import encode_dialog, preference_example, read_jsonl, sft_example
 from herd.posttrain.losses import IGNORE_INDEX, dpo_loss, reward_loss, sequence_logps
 from herd.tokenizer import HFTokenizer, Llama3Tokenizer

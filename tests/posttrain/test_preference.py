@@ -89,7 +89,7 @@ def test_dpo_raises_the_chosen_margin_on_held_out_pairs_and_caches_the_reference
     cache = torch.load(tmp_path / "dpo" / "reference_logps.pt")
     assert len(cache) == summary["train_pairs"] + summary["held_out_pairs"]
     # The export has LoRA merged: it loads as a plain model whose held-out log-probs moved toward chosen.
-    from herd.inference.loader import load_pretrained
+    from herd.formats.load import load_pretrained
 
     exported = load_pretrained(str(tmp_path / "dpo" / "model"))
     assert not any("lora" in k for k in exported.model.state_dict())
@@ -97,7 +97,7 @@ def test_dpo_raises_the_chosen_margin_on_held_out_pairs_and_caches_the_reference
 
 def test_dpo_log_probs_and_gradients_equal_the_full_logits_computation(tiny_chat_model, tmp_path) -> None:
     """pair_logps runs the output layer at target positions only; the dense version scores every position."""
-    from herd.inference.loader import load_pretrained
+    from herd.formats.load import load_pretrained
 
     write_pairs(tmp_path / "p.jsonl", n=4)
     loaded = load_pretrained(tiny_chat_model)

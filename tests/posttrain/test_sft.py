@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from herd.config import load
-from herd.inference.loader import load_pretrained, resolve_model_path
+from herd.formats.load import load_pretrained, resolve_model_path
 from herd.posttrain.loader import DialogLoader
 from herd.posttrain.losses import IGNORE_INDEX
 from herd.posttrain.sft import build_sft

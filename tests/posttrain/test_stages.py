@@ -8,7 +8,7 @@ import pytest
 from test_preference import write_pairs
 
 from herd.config import load
-from herd.inference.loader import load_pretrained
+from herd.formats.load import load_pretrained
 from herd.posttrain.config import PPOJobConfig, RejectionJobConfig, RewardJobConfig
 from herd.posttrain.ppo import run_ppo
 from herd.posttrain.rejection import run_rs, select

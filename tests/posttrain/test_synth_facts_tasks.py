@@ -296,7 +296,8 @@ def test_probe_labels_from_sample_verdicts():
 
 @pytest.mark.slow
 def test_probe_with_the_embedded_model():
-    from herd.inference import Engine, load_pretrained
+    from herd.formats import load_pretrained
+    from herd.inference import Engine
 
     pretrained = load_pretrained()
     engine = Engine(pretrained.model, pretrained.tokenizer, max_batch_size=16)

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from herd.checkpoint import read_checkpoint
 from herd.cli import main
 from herd.errors import CheckpointError
-from herd.inference.loader import load_pretrained
+from herd.formats import read_checkpoint
+from herd.formats.load import load_pretrained
 from herd.train.average import average_to, read_weights
 from herd.train.trainer import Trainer
 
@@ -53,7 +53,7 @@ def test_one_checkpoint_exports_unchanged_and_mismatched_shapes_are_refused(trai
     ckpt = read_checkpoint(other)
     ckpt.args = ckpt.args.replace(n_layers=1)
     ckpt.state_dict = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("layers.1.")}
-    from herd.checkpoint import write_checkpoint
+    from herd.formats import write_checkpoint
 
     write_checkpoint(tmp_path / "shallow", ckpt, "meta")
     with pytest.raises(CheckpointError, match="shape differs"):

@@ -22,8 +22,9 @@ import gguf
 import numpy as np
 import torch
 
-from herd.checkpoint.common import expected_shapes
 from herd.errors import CheckpointError, ModelError
+from herd.formats.common import expected_shapes
+from herd.ggufio import open_gguf, read_metadata
 from herd.model import ModelArgs, RopeScaling
 from herd.model.llama import rope_frequencies
 
@@ -65,7 +66,7 @@ def read_gguf(
     `output.weight` is the same tensor object as `tok_embeddings.weight`.
     """
     path = Path(path)
-    reader = _open(path)
+    reader = open_gguf(path)
     metadata = read_metadata(reader)
     tensors = {t.name: t for t in reader.tensors}
 
@@ -81,49 +82,8 @@ def read_gguf(
 def read_gguf_args(path: str | Path) -> ModelArgs:
     """Model args from a GGUF file's metadata and tensor list, without dequantizing anything."""
     path = Path(path)
-    reader = _open(path)
+    reader = open_gguf(path)
     return _model_args(read_metadata(reader), {t.name: t for t in reader.tensors}, path)
-
-
-def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
-    """The GGUF key/values as plain python values (tokenizer vocabulary included)."""
-    return read_metadata(_open(Path(path)))
-
-
-def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
-    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-
-
-class _Reader(gguf.GGUFReader):
-    """GGUFReader slicing a plain ndarray view of its memmap.
-
-    The reader slices the file once per metadata string (about 100K for a 49K-token vocabulary) and
-    every np.memmap slice runs memmap's __array_finalize__: 2 s of a 3 s load. A plain view of the
-    same mapping reads the same bytes at a quarter of the cost. `_get` is the reader's one slicing
-    method in gguf 0.19.0 (pinned).
-    """
-
-    def _get(self, offset, dtype, count=1, override_order=None):  # type: ignore[override]
-        plain = self.__dict__.get("_plain")
-        if plain is None:
-            plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
-        count = int(count)
-        arr = plain[offset : offset + np.dtype(dtype).itemsize * count].view(dtype)[:count]
-        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
-
-
-def _open(path: Path) -> gguf.GGUFReader:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        reader = _Reader(path)
-    # GGUFReader has no error type of its own: a short or corrupt file surfaces as whichever numpy
-    # view or reshape fails first (ValueError, IndexError), a duplicate key as KeyError.
-    except (ValueError, IndexError, KeyError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
-    if reader.byte_order != "I":
-        raise CheckpointError(f"{path}: byte order differs from this machine's; byte-swapped GGUF is not supported")
-    return reader
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Checkpoints in Meta, HF and GGUF formats, read into one herd state dict (Meta names and layout)."""
+"""Model weights in Meta, HF and GGUF formats, read into one herd state dict (Meta names and layout), and
+models loaded by name or path (`load_pretrained`: embedded models, HF/Meta directories, .gguf files).
+
+Not to be confused with training checkpoints (herd/train/checkpoint.py: DCP, optimizer state, exact resume),
+which `herd ckpt average` turns into one of these formats."""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from typing import Any
 
 import torch
 
-from herd.checkpoint import hf, meta
 from herd.errors import CheckpointError
+from herd.formats import hf, meta
 from herd.model import ModelArgs, Transformer, build_model
 
 FORMATS = ("meta", "hf", "gguf")
@@ -49,7 +53,7 @@ def read_checkpoint(path: str | Path, *, dtype: torch.dtype | None = None) -> Ch
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "gguf":
-        from herd.checkpoint.gguf import read_gguf
+        from herd.formats.gguf import read_gguf
 
         args, sd, metadata = read_gguf(path, dtype=dtype or torch.float32)
     elif fmt == "hf":
@@ -68,7 +72,7 @@ def read_args(path: str | Path) -> ModelArgs:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "gguf":
-        from herd.checkpoint.gguf import read_gguf_args
+        from herd.formats.gguf import read_gguf_args
 
         return read_gguf_args(path)
     name = hf.CONFIG if fmt == "hf" else meta.PARAMS
@@ -130,13 +134,21 @@ def write_checkpoint(
             assets(tmp)
 
 
+from herd.formats.load import DEFAULT_MODEL, EMBEDDED, Pretrained, load_pretrained, parse_dtype, resolve_model_path  # noqa: E402
+
 __all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED",
     "FORMATS",
     "Checkpoint",
+    "Pretrained",
     "cast_state_dict",
     "detect_format",
     "load_model",
+    "load_pretrained",
+    "parse_dtype",
     "read_args",
     "read_checkpoint",
+    "resolve_model_path",
     "write_checkpoint",
 ]

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from herd.checkpoint import Checkpoint, load_model, read_checkpoint, write_checkpoint
+from herd.formats import Checkpoint, load_model, read_checkpoint, write_checkpoint
 from herd.model import RopeScaling, build_model, get_preset
 
 pytest.importorskip("fairscale")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from herd.checkpoint import Checkpoint, load_model, read_checkpoint
 from herd.errors import HerdError
+from herd.formats import Checkpoint, load_model, read_checkpoint
 from herd.model import Transformer
 from herd.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 

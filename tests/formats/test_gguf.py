@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from herd.checkpoint.gguf import read_gguf
 from herd.errors import CheckpointError
+from herd.formats.gguf import read_gguf
 from herd.model import ModelArgs, build_model
 from herd.model.llama import rope_frequencies
 

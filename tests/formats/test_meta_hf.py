@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from herd.checkpoint import Checkpoint, load_model, read_checkpoint, write_checkpoint
-from herd.checkpoint.meta import split_dim
 from herd.errors import CheckpointError
+from herd.formats import Checkpoint, load_model, read_checkpoint, write_checkpoint
+from herd.formats.meta import split_dim
 from herd.model import ModelArgs, RopeScaling, build_model, get_preset
 
 # The "tiny" preset's shape, so that params.json survives a trip through HF (whose config only
@@ -120,7 +120,7 @@ def test_tied_meta_checkpoint_keeps_output_and_reads_back_tied(tmp_path) -> None
 
 
 def test_llama32_params_without_factor_use_32(tmp_path) -> None:
-    from herd.checkpoint.meta import args_from_params
+    from herd.formats.meta import args_from_params
 
     params = dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256, ffn_dim_multiplier=1.5,
                   multiple_of=256, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True)  # fmt: skip

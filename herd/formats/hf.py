@@ -15,9 +15,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from herd.checkpoint.common import check_state_dict, tensors_tied
 from herd.errors import CheckpointError
 from herd.fileio import atomic_file
+from herd.formats.common import check_state_dict, tensors_tied
 from herd.model import ModelArgs, RopeScaling
 
 CONFIG = "config.json"

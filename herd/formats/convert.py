@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from herd.checkpoint import read_checkpoint, write_checkpoint
-from herd.checkpoint.hf import DEFAULT_MAX_SHARD_BYTES
+from herd.formats import read_checkpoint, write_checkpoint
+from herd.formats.hf import DEFAULT_MAX_SHARD_BYTES
 
 # Files beside the weights that describe the tokenizer and generation defaults; copied verbatim.
 TOKENIZER_FILES = (

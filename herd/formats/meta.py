@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from herd.checkpoint.common import check_state_dict, tensors_tied
 from herd.errors import CheckpointError
 from herd.fileio import atomic_file
+from herd.formats.common import check_state_dict, tensors_tied
 from herd.model import PRESETS, ModelArgs, RopeScaling
 
 PARAMS = "params.json"

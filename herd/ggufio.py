@@ -1,0 +1,56 @@
+"""GGUF files read fast: a memory-mapped reader and the key/value metadata as plain Python values.
+
+It knows the container, not what the tensors mean: the tokenizer (herd/tokenizer/hf.py) reads its vocabulary
+through it and the weight format (herd/formats/gguf.py) its tensors, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from herd.errors import CheckpointError
+
+
+def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
+    """The GGUF key/values as plain python values (tokenizer vocabulary included)."""
+    return read_metadata(open_gguf(Path(path)))
+
+
+def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+class Reader(gguf.GGUFReader):
+    """GGUFReader slicing a plain ndarray view of its memmap.
+
+    The reader slices the file once per metadata string (about 100K for a 49K-token vocabulary) and
+    every np.memmap slice runs memmap's __array_finalize__: 2 s of a 3 s load. A plain view of the
+    same mapping reads the same bytes at a quarter of the cost. `_get` is the reader's one slicing
+    method in gguf 0.19.0 (pinned).
+    """
+
+    def _get(self, offset, dtype, count=1, override_order=None):  # type: ignore[override]
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
+        count = int(count)
+        arr = plain[offset : offset + np.dtype(dtype).itemsize * count].view(dtype)[:count]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+
+def open_gguf(path: Path) -> gguf.GGUFReader:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        reader = Reader(path)
+    # GGUFReader has no error type of its own: a short or corrupt file surfaces as whichever numpy
+    # view or reshape fails first (ValueError, IndexError), a duplicate key as KeyError.
+    except (ValueError, IndexError, KeyError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
+    if reader.byte_order != "I":
+        raise CheckpointError(f"{path}: byte order differs from this machine's; byte-swapped GGUF is not supported")
+    return reader
