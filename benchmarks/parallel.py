@@ -27,8 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/train.py builds the same shards
 from train import build_shards
 
-from herd.config import load, to_toml
-from herd.train.config import TrainJobConfig
+from herd.config import dump, load
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = {
@@ -42,7 +41,7 @@ LAYOUTS = {
 
 def run(work: Path, shards: Path, name: str, nproc: int, layout: list[str], a, async_save: bool) -> dict:
     run_dir = work / f"{name.split()[0]}-{nproc}-{'async' if async_save else 'sync'}"
-    cfg = load(TrainJobConfig, None, [
+    cfg = load("train", None, [
         f"job.dump_folder='{run_dir}'", f"data.shards=['{shards}']", f"model.preset='{a.preset}'",
         f"training.steps={a.steps}", "training.seq_len=256", "training.batch_tokens=4096",
         "lr_schedule.warmup_steps=2", f"checkpoint.interval={a.interval}", "checkpoint.keep_last=2",
@@ -50,7 +49,7 @@ def run(work: Path, shards: Path, name: str, nproc: int, layout: list[str], a, a
         "metrics.peak_tflops=1.0", *layout,
     ])  # fmt: skip
     config = work / f"{run_dir.name}.toml"
-    config.write_text(to_toml(cfg))
+    config.write_text(dump(cfg, "train"))
     launcher = (
         [sys.executable, "-m", "herd"]
         if nproc == 1

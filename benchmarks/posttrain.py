@@ -1,9 +1,10 @@
-"""Post-training throughput: herd vs TRL / transformers, same model, same data, same settings, one run.
+"""Post-training throughput: herd vs TRL / transformers, and herd vs herd before the one-Trainer move (the reward
+model and DPO ran on their own loop until commit 1014838), same model, same data, same settings, one run.
 
 The model is the embedded SmolLM2-135M-Instruct: herd loads the GGUF with `load_pretrained()` (dequantized to
 float32); the peers load the HF directory that herd's writer exports from it once at start-up (the same float32
 weights, with herd's tokenizer files), through `AutoModelForCausalLM` / `AutoTokenizer`. The data is made at run
-time from `herd.posttrain.synth_tasks` (single-turn verifiable tasks whose answer is a few tokens): nothing is
+time from `herd.posttrain.synth.tasks` (single-turn verifiable tasks whose answer is a few tokens): nothing is
 downloaded.
 
 1. SFT: herd's `build_sft` (the pretraining Trainer fed by DialogLoader, which packs whole dialogs into rows with a
@@ -11,8 +12,11 @@ downloaded.
    no packing, no padding-free, padding to the longest row of each batch). samples/s = dialogs consumed per second.
 2. DPO: herd's `run_dpo` (step times from its metrics.jsonl) vs TRL `DPOTrainer` with
    `precompute_ref_log_probs=True`, so both cache the reference log-probs before the first step. beta 0.1, plain
-   sigmoid loss (herd's NLL term off). Chosen = the task's answer, rejected = a wrong one.
-3. Rejection sampling: `herd.posttrain.rejection.sample` (the batched Engine) vs `model.generate` with left padding,
+   sigmoid loss (herd's NLL term off). Chosen = the task's answer, rejected = a wrong one. Also vs herd at
+   `--before` (its own loop, `herd.posttrain.stage.optimize`), unpacked from git into a temporary directory and
+   imported from there by its worker process.
+3. Reward model: herd's `run_rm` vs herd at `--before`, on the same pairs (Bradley-Terry, no edits).
+4. Rejection sampling: `herd.posttrain.rejection.sample` (the batched Engine) vs `model.generate` with left padding,
    K samples per prompt, temperature 0.8, the same batch rows, float32 for both (herd's `herd rs` runs the float32
    master weights without autocast). Rows stop at the end-of-turn token in both.
 
@@ -43,14 +47,17 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("sft", "dpo", "rs")
-PEER = {"sft": "trl", "dpo": "trl", "rs": "transformers"}
+STAGES = ("sft", "dpo", "rm", "rs")
+PEERS = {"sft": ("trl",), "dpo": ("herd-before", "trl"), "rm": ("herd-before",), "rs": ("transformers",)}
+BEFORE = "1014838"
+"""The last commit before the reward model, DPO and PPO moved onto the pretraining Trainer."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,11 +67,13 @@ PEER = {"sft": "trl", "dpo": "trl", "rs": "transformers"}
 def prepare(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     from herd.formats.load import load_pretrained
     from herd.posttrain.data import encode_prompt, sft_example, write_jsonl
-    from herd.posttrain.stage import export
-    from herd.posttrain.synth_tasks import make_tasks, task_dialog
+    from herd.posttrain.stage import write_model
+    from herd.posttrain.synth.tasks import make_tasks, task_dialog
 
     pretrained = load_pretrained()
-    export(pretrained.model, pretrained.tokenizer, work / "hf", dtype="float32")
+    write_model(
+        pretrained.model.args, pretrained.model.state_dict(), pretrained.tokenizer, work / "hf", dtype="float32"
+    )
     rng = random.Random(a.seed)
     n_sft = 3 * (a.steps + 1) * a.batch_size  # herd may take more dialogs per step than the batch size
     n_dpo = (a.steps + 1) * a.dpo_batch_size
@@ -120,12 +129,11 @@ def wrong_answer(item: dict[str, Any], items: list[dict[str, Any]], rng: random.
 def sft_herd(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     from herd.config import load
     from herd.posttrain.sft import build_sft
-    from herd.train.config import TrainJobConfig
 
-    cfg = load(TrainJobConfig, None, [
-        f"job.dump_folder='{work / 'herd-sft'}'", f"posttrain.sft_data=['{work / 'sft.jsonl'}']",
+    cfg = load("sft", None, [
+        f"job.dump_folder='{work / 'herd-sft'}'", f"data.files=['{work / 'sft.jsonl'}']",
         f"training.steps={a.steps + 1}", f"training.seq_len={a.max_length}",
-        f"training.batch_tokens={a.herd_rows * a.max_length}", "training.dtype='bfloat16'",
+        f"training.batch_tokens={a.herd_rows * a.max_length}", "model.dtype='bfloat16'",
         f"optim.lr={a.lr}", "optim.weight_decay=0.0", "optim.grad_clip=1.0",
         "lr_schedule.warmup_steps=1", "lr_schedule.decay='linear'", "lr_schedule.min_lr_ratio=0.0",
         "checkpoint.interval=0", "metrics.tensorboard=false", "metrics.progress=false", "metrics.log_interval=0",
@@ -177,22 +185,47 @@ def sft_trl(a: argparse.Namespace, work: Path) -> dict[str, Any]:
             "gradient_checkpointing": args.gradient_checkpointing, "optim": optim_name(args)}  # fmt: skip
 
 
-def dpo_herd(a: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from herd.posttrain.config import DataSection, DPOJobConfig, DPOSection, JobSection, ModelSection, OptimSection
+def pairs_herd(stage: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """herd's `run_dpo` / `run_rm` on the one Trainer; pairs/s from the step times in its metrics.jsonl."""
+    from herd.config import load
     from herd.posttrain.dpo import run_dpo
+    from herd.posttrain.reward import run_rm
 
-    run_dir = work / "herd-dpo"
-    cfg = DPOJobConfig(
-        job=JobSection(dump_folder=str(run_dir), seed=a.seed), model=ModelSection(dtype="bfloat16"),
-        data=DataSection(train=[str(work / "pairs.jsonl")], eval_fraction=0.0, max_seq_len=a.max_length),
-        optim=OptimSection(lr=a.lr, weight_decay=0.0, epochs=1.0, batch_size=a.dpo_batch_size,
-                           micro_batch_size=a.dpo_batch_size, grad_clip=1.0),
-        dpo=DPOSection(beta=0.1, nll_coef=0.0),
-    )  # fmt: skip
-    summary = run_dpo(cfg)
+    run_dir = work / f"herd-{stage}"
+    cfg = load(stage, None, [
+        f"job.dump_folder='{run_dir}'", f"job.seed={a.seed}", "model.dtype='bfloat16'",
+        f"data.files=['{work / 'pairs.jsonl'}']", "data.eval_fraction=0.0", f"training.seq_len={a.max_length}",
+        f"optim.lr={a.lr}", "optim.weight_decay=0.0", "training.epochs=1", f"training.batch_size={a.dpo_batch_size}",
+        f"training.micro_batch_size={a.dpo_batch_size}", "optim.grad_clip=1.0", "checkpoint.interval=0",
+        "metrics.tensorboard=false", "metrics.progress=false", "metrics.log_interval=0", "metrics.peak_tflops=1.0",
+        *(["dpo.beta=0.1", "dpo.nll_coef=0.0"] if stage == "dpo" else ["rm.margin_edited=false"]),
+    ])  # fmt: skip
+    summary = (run_dpo if stage == "dpo" else run_rm)(cfg)
+    return _pair_times(run_dir, a, summary["steps"])
+
+
+def pairs_herd_before(stage: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The same at commit --before, through its API of the time (herd is imported from that tree)."""
+    from herd.posttrain import config as c  # type: ignore[attr-defined]  # the old tree's module
+    from herd.posttrain.dpo import run_dpo
+    from herd.posttrain.reward import run_rm
+
+    run_dir = work / f"herd-before-{stage}"
+    common = {"job": c.JobSection(dump_folder=str(run_dir), seed=a.seed), "model": c.ModelSection(dtype="bfloat16"),
+              "data": c.DataSection(train=[str(work / "pairs.jsonl")], eval_fraction=0.0, max_seq_len=a.max_length),
+              "optim": c.OptimSection(lr=a.lr, weight_decay=0.0, epochs=1.0, batch_size=a.dpo_batch_size,
+                                      micro_batch_size=a.dpo_batch_size, grad_clip=1.0)}  # fmt: skip
+    if stage == "dpo":
+        summary = run_dpo(c.DPOJobConfig(**common, dpo=c.DPOSection(beta=0.1, nll_coef=0.0)))
+    else:
+        summary = run_rm(c.RewardJobConfig(**common, rm=c.RewardSection(margin_edited=False)))
+    return _pair_times(run_dir, a, summary["steps"])
+
+
+def _pair_times(run_dir: Path, a: argparse.Namespace, steps: int) -> dict[str, Any]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    times = [r["step_s"] for r in records if r["step"] > 1]
-    return {"step_s": times, "pairs_per_s": a.dpo_batch_size * len(times) / sum(times), "steps": summary["steps"],
+    times = [r["step_s"] for r in records if r["step"] > 1]  # step 1 is the warm-up
+    return {"step_s": times, "pairs_per_s": a.dpo_batch_size * len(times) / sum(times), "steps": steps,
             "optim": "torch.optim.AdamW (foreach)"}  # fmt: skip
 
 
@@ -315,8 +348,12 @@ def record_batch_shapes(trainer) -> list[tuple[int, ...]]:
     return shapes
 
 
-WORKERS = {("sft", "herd"): sft_herd, ("sft", "trl"): sft_trl, ("dpo", "herd"): dpo_herd, ("dpo", "trl"): dpo_trl,
-           ("rs", "herd"): rs_herd, ("rs", "transformers"): rs_transformers}  # fmt: skip
+WORKERS = {
+    ("sft", "herd"): sft_herd, ("sft", "trl"): sft_trl, ("dpo", "trl"): dpo_trl, ("rs", "herd"): rs_herd,
+    ("rs", "transformers"): rs_transformers,
+    **{(stage, "herd"): partial(pairs_herd, stage) for stage in ("dpo", "rm")},
+    **{(stage, "herd-before"): partial(pairs_herd_before, stage) for stage in ("dpo", "rm")},
+}  # fmt: skip
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -334,6 +371,14 @@ def worker(a: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Main: set up, run each worker in its own process, collect and print
+
+
+def unpack(revision: str, dest: Path) -> Path:
+    """herd's source at `revision`, from git into `dest` (nothing is installed: it is imported from there)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "herd"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
 
 
 def versions() -> dict[str, str]:
@@ -355,7 +400,7 @@ def summarize(stage: str, r: dict[str, Any]) -> dict[str, Any]:
     if stage == "sft":
         row.update(samples_per_s=round(r["samples_per_s"], 3), step_s_median=round(statistics.median(r["step_s"]), 3),
                    samples_per_step=r["samples_per_step"], tokens_per_step=r["tokens_per_step"])  # fmt: skip
-    elif stage == "dpo":
+    elif stage in ("dpo", "rm"):
         row.update(pairs_per_s=round(r["pairs_per_s"], 3), step_s_median=round(statistics.median(r["step_s"]), 3))
     else:
         row.update(samples_per_s=round(r["samples_per_s"], 3), tokens_per_s=round(r["tokens_per_s"], 1),
@@ -367,24 +412,23 @@ def summarize(stage: str, r: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| stage | framework | throughput | median step s | tokens/s | herd / peer |", "|---|---|---|---|---|---|"]
+    lines = ["| stage | framework | throughput | median step s | tokens/s | herd / this |", "|---|---|---|---|---|---|"]
     for stage in STAGES:
         rows = {r["framework"]: r for r in results if r["stage"] == stage}
-        if not rows:
-            continue
-        herd, peer = rows.get("herd"), rows.get(PEER[stage])
-        for name, r in (("herd", herd), (PEER[stage], peer)):
+        herd = rows.get("herd")
+        for name in ("herd", *PEERS[stage]):
+            r = rows.get(name)
             if r is None:
                 continue
             if "error" in r:
                 lines.append(f"| {stage} | {name} | failed: `{r['error'][:160]}` | | | |")
                 continue
-            key, unit = ("pairs_per_s", "pairs/s") if stage == "dpo" else ("samples_per_s", "samples/s")
+            key, unit = ("pairs_per_s", "pairs/s") if stage in ("dpo", "rm") else ("samples_per_s", "samples/s")
             ratio = ""
-            if name == "herd" and peer is not None and "error" not in peer:
-                ratio = f"**{r[key] / peer[key]:.2f}x**"
+            if name != "herd" and herd is not None and "error" not in herd:
+                ratio = f"**{herd[key] / r[key]:.2f}x**"
                 if stage == "rs":
-                    ratio += f" ({r['tokens_per_s'] / peer['tokens_per_s']:.2f}x tok/s)"
+                    ratio += f" ({herd['tokens_per_s'] / r['tokens_per_s']:.2f}x tok/s)"
             step = r.get("step_s_median", "")
             toks = f"{r['tokens_per_s']:.1f}" if stage == "rs" else ""
             lines.append(f"| {stage} | {name} | {r[key]:.2f} {unit} | {step} | {toks} | {ratio} |")
@@ -398,7 +442,8 @@ def main() -> None:
     p.add_argument("--herd-rows", type=int, default=0,
                    help="herd's SFT rows of --max-length tokens per step; 0 sizes them to hold about --batch-size "
                         "dialogs")  # fmt: skip
-    p.add_argument("--dpo-batch-size", type=int, default=8, help="DPO pairs per step")
+    p.add_argument("--dpo-batch-size", type=int, default=8, help="DPO and reward-model pairs per step")
+    p.add_argument("--before", default=BEFORE, help="git revision of herd to compare DPO and the reward model with")
     p.add_argument("--max-length", type=int, default=256, help="max sequence length (herd's SFT row length)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--prompts", type=int, default=32, help="rejection sampling: prompts")
@@ -427,12 +472,15 @@ def main() -> None:
         results = []
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
         argv = [*sys.argv[1:], "--herd-rows", str(a.herd_rows), "--work", str(work)]
+        before = unpack(a.before, work / "herd-before-src")
         for stage in a.stages.split(","):
-            for framework in ("herd", PEER[stage]):
+            for framework in ("herd", *PEERS[stage]):
                 t0, load_before = time.perf_counter(), os.getloadavg()[0]
                 log = work / f"log-{stage}-{framework}.txt"
+                # The old tree goes first on the path, so its worker imports that herd instead of this one.
+                run_env = {**env, "PYTHONPATH": str(before)} if framework == "herd-before" else env
                 with open(log, "w") as f:
-                    subprocess.run([sys.executable, __file__, *argv, "--worker", f"{stage}:{framework}"], env=env,
+                    subprocess.run([sys.executable, __file__, *argv, "--worker", f"{stage}:{framework}"], env=run_env,
                                    stdout=f, stderr=subprocess.STDOUT, check=False)  # fmt: skip
                 path = work / f"result-{stage}-{framework}.json"
                 if path.is_file():
@@ -457,6 +505,7 @@ def main() -> None:
                                                  "lr", "prompts", "samples", "max_new_tokens", "gen_batch_size",
                                                  "seed")},
         "train_precision": "bf16 autocast over float32 weights (both)", "dpo": "beta 0.1, sigmoid loss, no NLL term",
+        "before": a.before,
         "data": data, "total_s": round(time.perf_counter() - t_start, 1), "note": a.note,
     }  # fmt: skip
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -30,13 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from herd.config import load
+from herd.config import PackSection, load
 from herd.data.corpus import build_corpus
 from herd.data.loader import IGNORE_INDEX, MixLoader
-from herd.data.pack import PackConfig, pack
+from herd.data.pack import pack
 from herd.model import build_model, count_params, document_mask, document_positions, flops_per_token, get_preset
 from herd.tokenizer.train import read_corpus, save_ranks, train_bpe
-from herd.train.config import TrainJobConfig
 from herd.train.metrics import measure_peak_flops
 from herd.train.trainer import Trainer
 
@@ -46,16 +45,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def build_shards(work: Path) -> Path:
     build_corpus(work / "raw")
     save_ranks(train_bpe(read_corpus([work / "raw"]), 2048), work / "tok" / "tokenizer.model")
-    pack(PackConfig(input=[str(work / "raw")], output=str(work / "shards"),
-                    tokenizer=str(work / "tok" / "tokenizer.model")))  # fmt: skip
+    pack(PackSection(input=[str(work / "raw")], tokenizer=str(work / "tok" / "tokenizer.model")), work / "shards")
     return work / "shards"
 
 
 def herd_loop(a: argparse.Namespace, shards: Path, run_dir: Path, dtype: str, compiled: bool) -> list[float]:
-    cfg = load(TrainJobConfig, None, [
+    cfg = load("train", None, [
         f"job.dump_folder='{run_dir}'", f"data.shards=['{shards}']", f"model.preset='{a.preset}'",
         f"training.steps={a.warmup + a.steps + 1}", f"training.seq_len={a.seq_len}",
-        f"training.batch_tokens={a.batch_tokens}", f"training.dtype='{dtype}'",
+        f"training.batch_tokens={a.batch_tokens}", f"model.dtype='{dtype}'",
         f"training.compile={str(compiled).lower()}",
         "lr_schedule.warmup_steps=1", "checkpoint.interval=0", "metrics.tensorboard=false", "metrics.log_interval=0",
         "metrics.peak_tflops=1.0",

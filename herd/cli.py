@@ -6,8 +6,8 @@ Errors herd raises on purpose (`HerdError`) print as one line and exit 1; `--deb
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +57,7 @@ def _load(a: argparse.Namespace):
 
 def cmd_generate(a: argparse.Namespace) -> None:
     from herd.inference.engine import Engine
+    from herd.inference.stats import StreamStats, completion_json
 
     loaded, _ = _load(a)
     tok = loaded.tokenizer
@@ -67,11 +68,9 @@ def cmd_generate(a: argparse.Namespace) -> None:
     params = _sampling_params(a, logprobs=a.json)
     engine = Engine(loaded.model, tok)
     if a.json:
-        c = engine.generate([prompt], params)[0]
-        out = {"text": c.text, "tokens": c.tokens, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
-        print(json.dumps(out, ensure_ascii=False))
+        print(completion_json(engine.generate([prompt], params)[0]))
         return
-    stats = _Stats()
+    stats = StreamStats()
     for event in engine.stream([prompt], params):
         stats.tick()
         print(event.text, end="", flush=True)
@@ -81,6 +80,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
 def cmd_chat(a: argparse.Namespace) -> None:
     from herd.inference.engine import Engine
+    from herd.inference.stats import StreamStats
 
     loaded, load_s = _load(a)
     tok, engine = loaded.tokenizer, Engine(loaded.model, loaded.tokenizer)
@@ -111,7 +111,7 @@ def cmd_chat(a: argparse.Namespace) -> None:
         history.append({"role": "user", "content": line})
         prompt = tok.encode_chat(history)
         print("assistant> ", end="", flush=True)
-        stats = _Stats()
+        stats = StreamStats()
         reply = None
         for event in engine.stream([prompt], _sampling_params(a)):
             stats.tick()
@@ -122,32 +122,6 @@ def cmd_chat(a: argparse.Namespace) -> None:
         history.append({"role": "assistant", "content": reply.text if reply else ""})
 
 
-class _Stats:
-    """Time to first token (prefill) and decode speed, as llama.cpp and vLLM report them."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.first: float | None = None
-        self.last = self.start
-        self.n = 0
-
-    def tick(self) -> None:
-        self.last = time.perf_counter()
-        self.first = self.first or self.last
-        self.n += 1
-
-    def line(self, prompt_tokens: int) -> str:
-        if self.first is None:
-            return "(no tokens generated)"
-        prefill = self.first - self.start
-        decode = self.last - self.first
-        rate = (self.n - 1) / decode if self.n > 1 and decode > 0 else float("nan")
-        return (
-            f"({prompt_tokens} prompt tokens in {prefill * 1000:.0f} ms, "
-            f"{self.n} tokens generated at {rate:.1f} tokens/s)"
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # tokenize / tokenizer train
 
@@ -155,6 +129,7 @@ class _Stats:
 def cmd_tokenize(a: argparse.Namespace) -> None:
     from herd.formats.load import EMBEDDED, resolve_model_path
     from herd.tokenizer import Llama3Tokenizer, load_tokenizer
+    from herd.tokenizer.base import format_tokens
 
     source = a.tokenizer
     if source.lower() in EMBEDDED:
@@ -184,21 +159,11 @@ def cmd_tokenize(a: argparse.Namespace) -> None:
         else:
             raise HerdError("give the input with --text, --file or --dialog")
         ids = tok.encode(text, bos=a.bos, allow_special=a.allow_special)
-    pieces = [tok.decode([i]) for i in ids]
-    if a.json:
-        out = {"tokens": ids, "count": len(ids), "pieces": pieces}
-        if mask is not None:
-            out["loss_mask"] = mask
-        print(json.dumps(out, ensure_ascii=False))
-        return
-    for k, (i, piece) in enumerate(zip(ids, pieces, strict=True)):
-        target = "" if mask is None else ("  [target]" if mask[k] else "")
-        print(f"{i:>7}  {piece!r}{target}")
-    print(f"{len(ids)} tokens")
+    print(format_tokens(tok, ids, mask, as_json=a.json))
 
 
 def cmd_tokenizer_train(a: argparse.Namespace) -> None:
-    from herd.tokenizer.train import read_corpus, save_ranks, train_bpe
+    from herd.tokenizer.train import format_trained, read_corpus, save_ranks, train_bpe
 
     t0 = time.perf_counter()
     ranks = train_bpe(read_corpus(a.input), a.vocab_size, progress=sys.stderr.isatty())
@@ -207,18 +172,14 @@ def cmd_tokenizer_train(a: argparse.Namespace) -> None:
         out = out / "tokenizer.model"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_ranks(ranks, out)
-    short = f" (the corpus ran out of pairs before {a.vocab_size - 256})" if len(ranks) < a.vocab_size - 256 else ""
-    print(
-        f"trained {len(ranks)} BPE tokens + 256 special tokens{short} in {time.perf_counter() - t0:.1f}s -> {out}\n"
-        f"load it with: herd tokenize --tokenizer {out} --text '...'"
-    )
+    print(format_trained(ranks, a.vocab_size, time.perf_counter() - t0, out))
 
 
-def _flag_overrides(a: argparse.Namespace, keys: tuple[str, ...], section: str = "") -> list[str]:
-    """The `--section.key=value` overrides, then the plain flags that were given, as overrides too (flags win).
-
-    Values are written as JSON, which is also TOML for the strings, numbers and lists these flags hold."""
-    given = [f"{section}{k}={json.dumps(getattr(a, k))}" for k in keys if getattr(a, k) is not None]
+def _flag_overrides(a: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """The `--section.key=value` overrides, then the plain flags that were given (flag -> the key it sets), as
+    overrides too (flags win). Values are written as JSON, which is also TOML for the strings, numbers and lists
+    these flags hold."""
+    given = [f"{key}={json.dumps(getattr(a, flag))}" for flag, key in flags.items() if getattr(a, flag) is not None]
     return [*a.overrides, *given]
 
 
@@ -236,231 +197,122 @@ def _read_json_file(path: str):
 
 
 def cmd_data_corpus(a: argparse.Namespace) -> None:
-    from herd.data.corpus import build_corpus
+    from herd.data.corpus import build_corpus, format_corpus
 
     t0 = time.perf_counter()
     stats = build_corpus(a.output, seed=a.seed)
-    kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats.kinds.items()))
-    print(f"wrote {stats.documents} documents ({stats.bytes / 1e6:.1f} MB) to {stats.path} in "
-          f"{time.perf_counter() - t0:.1f}s: {kinds}")  # fmt: skip
+    print(format_corpus(stats, time.perf_counter() - t0))
 
 
 def cmd_data_curate(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.data.pipeline import Curator, DataJobConfig
-    from herd.data.report import write_report
+    from herd.data.pipeline import Curator
+    from herd.data.report import format_curate, write_report
 
-    overrides = _flag_overrides(a, ("input", "output", "tasks", "workers"), section="curate.")
+    overrides = _flag_overrides(a, {"input": "curate.input", "output": "job.dump_folder", "tasks": "curate.tasks",
+                                    "workers": "curate.workers"})  # fmt: skip
     if a.no_quality:
         overrides.append("curate.quality.enabled=false")
-    job = load(DataJobConfig, a.config, overrides)
-    cfg = job.curate
-    print(f"herd data curate: {', '.join(cfg.input)} -> {cfg.output} ({cfg.tasks} tasks, {cfg.workers} workers)")
-    report = Curator(cfg, verbose=a.verbose).run()
-    out = Path(cfg.output)
+    cfg = load("curate", a.config, overrides)
+    c, out = cfg.curate, Path(cfg.job.dump_folder)
+    print(f"herd data curate: {', '.join(c.input)} -> {out} ({c.tasks} tasks, {c.workers} workers)")
+    report = Curator(c, out, verbose=a.verbose).run()
     write_report(report, out)
-    print(f"\n{'step':<34}{'docs in':>9}{'docs out':>10}  dropped / skipped")
-    for step in report["steps"]:
-        reasons = {**step["dropped"], **step["skipped"]}
-        top = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-        docs_in, docs_out = (str(step[k]) if step[k] is not None else "-" for k in ("docs_in", "docs_out"))
-        print(f"{(step['stage'] + ': ' + step['step'])[:33]:<34}{docs_in:>9}{docs_out:>10}  {top}")
-    o = report["output"]
-    print(f"\nkept {o['documents']} of {report['input']['documents']} documents -> {o['path']}")
-    if truth := report.get("ground_truth"):
-        print("\nagainst the corpus's ground truth:")
-        for name, result in truth.items():
-            shown = {k: v for k, v in result.items() if k not in ("tp", "fp", "fn", "confusion") and v is not None}
-            print(f"  {name:<44} " + "  ".join(f"{k}={v}" for k, v in shown.items()))
-    print(f"\nreport: {out / 'report.json'}, {out / 'report.png'}, {out / 'report.html'}")
+    print(format_curate(report, out))
 
 
 def cmd_data_pack(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.data.pack import PackConfig, pack
+    from herd.data.pack import format_pack, pack
 
-    keys = ("input", "output", "tokenizer", "source_field", "shard_tokens", "mix", "mix_tokens")
-    cfg = load(PackConfig, a.config, _flag_overrides(a, keys))
-    m = pack(cfg, progress=sys.stderr.isatty())
-    if m.get("up_to_date"):
-        print(f"{cfg.output} is up to date ({m['total']['tokens']:,} tokens); nothing to do")
-    else:
-        print(
-            f"packed {m['total']['docs']:,} documents, {m['total']['tokens']:,} tokens "
-            f"in {m['seconds']}s -> {cfg.output}"
-        )
-    for name, src in sorted(m["sources"].items(), key=lambda kv: -kv[1]["tokens"]):
-        share = src["tokens"] / m["total"]["tokens"]
-        print(
-            f"  {name:<24}{src['docs']:>8} docs {src['tokens']:>12,} tokens  {share:6.1%}  {len(src['shards'])} shards"
-        )
-    if m["skipped"]["count"]:
-        print(f"skipped {m['skipped']['count']} records, e.g. {m['skipped']['first'][0]}")
-    if "mix" in m:
-        budget = sum(p["draw"] for p in m["mix"].values())
-        print(f"mix for {budget:,} training tokens:")
-        for name, p in m["mix"].items():
-            warn = "  <- repeats more than 4 times" if p["epochs"] > 4 else ""
-            print(
-                f"  {name:<24}{p['weight']:>6.0%}  draw {p['draw']:>12,} of {p['tokens']:>12,}"
-                f"  {p['epochs']:.2f} epochs{warn}"
-            )
+    keys = ("input", "tokenizer", "source_field", "shard_tokens", "mix", "mix_tokens")
+    flags = {"output": "job.dump_folder", **{k: f"pack.{k}" for k in keys}}
+    cfg = load("pack", a.config, _flag_overrides(a, flags))
+    out = cfg.job.dump_folder
+    print(format_pack(pack(cfg.pack, out, progress=sys.stderr.isatty()), out))
 
 
 # ---------------------------------------------------------------------------------------------
 # train / ckpt
 
 
+def _rank0(line: str) -> None:
+    """Under torchrun every rank runs the command; rank 0 speaks."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, flush=True)
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.model import count_params
-    from herd.train.config import TrainJobConfig
+    from herd.train.report import format_done, format_start
     from herd.train.trainer import Trainer
 
-    cfg = load(TrainJobConfig, a.config, a.overrides)
-    trainer = Trainer(cfg)
-    # Under torchrun every rank trains; rank 0 speaks.
-    say = print if trainer.rank == 0 else (lambda *_, **__: None)
-    n = count_params(trainer.model_args)
-    ma = trainer.model_args
-    say(
-        f"herd train: {n['total'] / 1e6:.2f}M parameters (dim {ma.dim}, {ma.n_layers} layers, {ma.n_heads} heads, "
-        f"{ma.n_kv_heads} kv heads, vocab {ma.vocab_size}) on {trainer.device} ({trainer.dims.describe()}), "
-        f"{cfg.training.dtype}"
-    )
-    s = trainer.schedule
-    stages = ", ".join(f"{st['batch_tokens']:,} tokens x {st['seq_len']} from step {st['step']}" for st in s.stages())
-    anneal = f", anneal from step {s.anneal_start}" if s.anneal_start <= cfg.training.steps else ""
-    say(f"  {cfg.training.steps} steps, {s.total_tokens:,} tokens: batches of {stages}{anneal}")
-    mix = ", ".join(f"{k} {v:.0%}" for k, v in trainer.loader.weights.items())
-    say(f"  data: {', '.join(cfg.data.shards)} ({mix}); run directory {trainer.run_dir}")
-    if trainer.step:
-        say(f"  resuming at step {trainer.step}")
+    trainer = Trainer(load("train", a.config, a.overrides))
+    _rank0(format_start(trainer))
     summary = trainer.train()
-    say(
-        f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']}s "
-        f"({summary['tokens_per_s']:,} tok/s); final loss {summary['final_loss']:.4f} "
-        f"(mean of last 10: {summary['final_loss_mean10']:.4f})"
-    )
-    say(f"  effective training time {summary['effective_training_time']:.1%} (steps that count / wall time "
-        "since the first launch)")  # fmt: skip
-    if summary["skipped_steps"] or summary["rollbacks"]:
-        say(f"  recovery: {summary['skipped_steps']} steps skipped, {summary['rollbacks']} rollbacks "
-            f"(see {trainer.run_dir / 'events.jsonl'})")  # fmt: skip
-    say(f"  checkpoint {summary['checkpoint']}; metrics {trainer.run_dir / 'metrics.jsonl'}")
-    say(f"  export: herd ckpt average {summary['checkpoint']} --out {trainer.run_dir / 'model'}")
+    _rank0(format_done(trainer, summary))
     trainer.shutdown()
 
 
 def cmd_sft(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.posttrain.sft import build_sft, export_sft
-    from herd.train.config import TrainJobConfig
+    from herd.posttrain.sft import build_sft, finish_sft, format_done, format_start
 
-    cfg = load(TrainJobConfig, a.config, a.overrides)
-    trainer, loader = build_sft(cfg)
-    ma = trainer.model_args
-    name = cfg.posttrain.init_from or "smollm2-135m-instruct"
-    lora = f", LoRA rank {cfg.posttrain.lora_rank}" if cfg.posttrain.lora_rank else ""
-    print(f"herd sft: {name} (dim {ma.dim}, {ma.n_layers} layers{lora}) on {len(loader.examples)} dialogs from "
-          f"{', '.join(cfg.posttrain.sft_data)}; run directory {trainer.run_dir}")  # fmt: skip
-    _print_problems(loader.problems)
-    summary = trainer.train()
-    print(f"done: {summary['steps']} steps in {summary['seconds']}s; final loss {summary['final_loss']:.4f} "
-          f"(assistant tokens only); {loader.truncated} dialogs cut to the sequence length")  # fmt: skip
-    out = export_sft(trainer, loader)
-    trainer.shutdown()
-    print(f"  checkpoint {summary['checkpoint']}; model {out}")
-
-
-def _print_problems(problems: list[str]) -> None:
-    for problem in problems[:5]:
-        print(f"  skipped {problem}")
-    if len(problems) > 5:
-        print(f"  ... {len(problems) - 5} more skipped lines")
+    trainer, loader = build_sft(load("sft", a.config, a.overrides))
+    _rank0(format_start(trainer, loader))
+    _rank0(format_done(finish_sft(trainer, loader, trainer.train())))
 
 
 def cmd_rm(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.posttrain.config import RewardJobConfig
-    from herd.posttrain.reward import run_rm
+    from herd.posttrain.reward import format_summary, run_rm
 
-    s = run_rm(load(RewardJobConfig, a.config, a.overrides))
-    _print_problems(s["problems"])
-    print(f"done: {s['steps']} steps on {s['train_pairs']} pairs; held-out pairwise accuracy "
-          f"{s['held_out_accuracy_before']:.3f} -> {s['held_out_accuracy_after']:.3f} ({s['held_out_pairs']} pairs); "
-          f"model {s['model']}")  # fmt: skip
+    _rank0(format_summary(run_rm(load("rm", a.config, a.overrides))))
 
 
 def cmd_dpo(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.posttrain.config import DPOJobConfig
-    from herd.posttrain.dpo import run_dpo
+    from herd.posttrain.dpo import format_summary, run_dpo
 
-    s = run_dpo(load(DPOJobConfig, a.config, a.overrides))
-    _print_problems(s["problems"])
-    before, after = s["held_out_before"], s["held_out_after"]
-    held = (f"; held-out reward accuracy {before['eval_reward_accuracy']:.3f} -> {after['eval_reward_accuracy']:.3f}, "
-            f"margin {after['eval_reward_margin']:.3f}") if after else ""  # fmt: skip
-    print(f"done: {s['steps']} steps on {s['train_pairs']} pairs, final loss {s['final_loss']:.4f}{held}; "
-          f"model {s['model']}")  # fmt: skip
+    _rank0(format_summary(run_dpo(load("dpo", a.config, a.overrides))))
 
 
 def cmd_rs(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.posttrain.config import RejectionJobConfig
-    from herd.posttrain.rejection import run_rs
+    from herd.posttrain.rejection import format_summary, run_rs
 
-    s = run_rs(load(RejectionJobConfig, a.config, a.overrides))
-    _print_problems(s["problems"])
-    print(f"done: {s['samples']} samples for {s['prompts']} prompts ({s['samples_per_s']} samples/s, "
-          f"{s['tokens_per_s']} tokens/s); mean score {s['mean_score']:.3f}, best-of-K {s['mean_best_score']:.3f}; "
-          f"kept {s['kept']} -> {s['output']}, {s['pairs']} pairs -> {s['pairs_output']}")  # fmt: skip
+    print(format_summary(run_rs(load("rs", a.config, a.overrides))))
 
 
 def cmd_ppo(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.posttrain.config import PPOJobConfig
-    from herd.posttrain.ppo import run_ppo
+    from herd.posttrain.ppo import format_summary, run_ppo
 
-    s = run_ppo(load(PPOJobConfig, a.config, a.overrides))
-    _print_problems(s["problems"])
-    print(f"done: {s['steps']} steps; mean score {s['score_first']:.3f} (first step) -> {s['score_last']:.3f} "
-          f"(last); model {s['model']}")  # fmt: skip
+    print(format_summary(run_ppo(load("ppo", a.config, a.overrides))))
 
 
 def cmd_synth(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.posttrain.synth import SynthJobConfig, run_synth
+    from herd.posttrain.synth import format_summary, run_synth
 
-    s = run_synth(load(SynthJobConfig, a.config, a.overrides).synth)
-    print(f"done in {s['seconds']}s ({s['format']} chat format): {s['sft_dialogs']} SFT dialogs "
-          f"({s['tool_dialogs']} tool, {s['task_dialogs']} task, {s['fact_dialogs']} fact), {s['prompts']} prompts, "
-          f"{s['fact_pairs']} fact pairs, {s['eval_items']} held-out items -> "
-          f"{s['output']}/{{sft,prompts,pairs,eval}}.jsonl")  # fmt: skip
+    print(format_summary(run_synth(load("synth", a.config, a.overrides))))
 
 
 def cmd_round(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.posttrain.round import RoundJobConfig, format_round, run_round
+    from herd.posttrain.round import format_done, run_round
 
-    s = run_round(load(RoundJobConfig, a.config, a.overrides))
-    print(f"round done in {s['total_s']:.0f}s (stages: {', '.join(f'{k} {v:.0f}s' for k, v in s['seconds'].items())})")
-    if s["rm"]:
-        print(f"reward model: held-out pairwise accuracy {s['rm']['held_out_accuracy_before']:.3f} -> "
-              f"{s['rm']['held_out_accuracy_after']:.3f} on {s['rm']['held_out_pairs']} pairs")  # fmt: skip
-    print(format_round(s))
+    print(format_done(run_round(load("round", a.config, a.overrides))))
 
 
 def cmd_ckpt_average(a: argparse.Namespace) -> None:
     from herd.formats.load import parse_dtype
-    from herd.train.average import average_to
+    from herd.train.average import average_to, format_average
 
     t0 = time.perf_counter()
     paths = [Path(p) for p in a.checkpoints]
     args = average_to(paths, Path(a.out), to=a.to, dtype=parse_dtype(a.dtype) if a.dtype else None)
-    what = f"averaged {len(paths)} checkpoints" if len(paths) > 1 else f"exported {paths[0]}"
-    print(f"{what} (dim {args.dim}, {args.n_layers} layers) -> {a.out} ({a.to}) in {time.perf_counter() - t0:.1f}s")
+    print(format_average(paths, a.out, a.to, args, time.perf_counter() - t0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,18 +321,13 @@ def cmd_ckpt_average(a: argparse.Namespace) -> None:
 
 def cmd_scaling_sweep(a: argparse.Namespace) -> None:
     from herd.config import load
-    from herd.scaling.sweep import ScalingJobConfig, run_sweep
+    from herd.scaling.sweep import format_sweep_done, format_sweep_start, run_sweep
 
-    cfg = load(ScalingJobConfig, a.config, a.overrides).scaling
-    runs = len(cfg.budgets) * len(cfg.sizes) + (1 if cfg.holdout_budget else 0)
-    print(f"herd scaling sweep: {len(cfg.budgets)} budgets x {len(cfg.sizes)} shapes"
-          f"{' + 1 held-out run' if cfg.holdout_budget else ''} ({runs} runs) -> {cfg.output}")  # fmt: skip
+    cfg = load("scaling", a.config, a.overrides)
+    print(format_sweep_start(cfg))
     t0 = time.perf_counter()
     manifest = run_sweep(cfg, progress=sys.stderr.isatty())
-    failed = [r["name"] for r in manifest["runs"] if r.get("status") != "done"]
-    print(f"done in {time.perf_counter() - t0:.0f}s: {len(manifest['runs'])} runs in {cfg.output}/manifest.json"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))  # fmt: skip
-    print(f"next: herd scaling fit {cfg.output}")
+    print(format_sweep_done(cfg, manifest, time.perf_counter() - t0))
 
 
 def cmd_scaling_fit(a: argparse.Namespace) -> None:
@@ -518,137 +365,21 @@ def cmd_convert(a: argparse.Namespace) -> None:
 
 
 def cmd_model_info(a: argparse.Namespace) -> None:
-    from herd.model import PRESETS, count_params, flops_per_token
+    from herd.parallel.info import format_model_info, format_presets, model_info
 
     if a.name is None:
-        from herd.formats.load import EMBEDDED
-
-        rows = [(name, count_params(args)["total"]) for name, args in PRESETS.items()]
-        if a.json:
-            print(json.dumps({"presets": dict(rows), "embedded": sorted(EMBEDDED)}))
-            return
-        for name, n in rows:
-            print(f"{name:16s} {n / 1e9:10.3f}B parameters")
-        print("embedded models: " + ", ".join(EMBEDDED))
+        print(format_presets(as_json=a.json))
         return
-    args, source = _args_for(a.name)
-    seq_len = a.seq_len or min(args.max_seq_len, 8192)
-    counts = count_params(args)
-    flops = flops_per_token(args, seq_len)
-    info = {
-        "name": a.name,
-        "source": source,
-        "params": counts["total"],
-        "params_billions": round(counts["total"] / 1e9, 3),
-        "embedding_params": counts["embedding"],
-        "flops_per_token": {"forward": flops["forward"], "train": flops["train"], "seq_len": seq_len},
-        "args": dataclasses.asdict(args),
-    }
-    plan = _parallel_plan(a, args, seq_len)
-    info.update(plan)
-    if a.json:
-        print(json.dumps(info))
-        return
-    print(f"{a.name}  ({source})")
-    print(f"  parameters        {counts['total']:,}  ({counts['total'] / 1e9:.3f}B)")
-    print(f"  embedding         {counts['embedding']:,}")
-    print(f"  FLOPs/token       forward {flops['forward']:.4g}, train {flops['train']:.4g} (seq_len {seq_len})")
-    for k, v in info["args"].items():
-        print(f"  {k:17s} {v}")
-    if "memory" in plan:
-        _print_plan(plan)
+    layout = {k: getattr(a, k) for k in _LAYOUT_FLAGS}
+    info = model_info(a.name, seq_len=a.seq_len, reshard_after_forward=not a.no_reshard_after_forward, **layout)
+    print(json.dumps(info) if a.json else format_model_info(info))
 
 
-_PARALLEL_FLAGS = ("tp", "pp", "dp_shard", "dp_replicate", "gpus")
-_STEP_FLAGS = ("peak_tflops", "mfu", "batch_tokens", "train_tokens")
-
-
-def _parallel_plan(a: argparse.Namespace, args, seq_len: int) -> dict:
-    """Memory per device (and step time) for the layout the flags give; empty when no parallel flag is given."""
-    from herd.parallel.dims import ParallelDims
-    from herd.parallel.memory import estimate_memory, step_time
-
-    if all(getattr(a, k) is None for k in _PARALLEL_FLAGS):
-        return {}
-    sizes = {"tp": a.tp or 1, "pp": a.pp or 1, "dp_replicate": a.dp_replicate or 1}
-    if a.dp_shard is not None:
-        sizes["dp_shard"] = a.dp_shard
-    elif a.gpus is None:
-        sizes["dp_shard"] = 1
-    world = a.gpus or sizes["tp"] * sizes["pp"] * sizes["dp_replicate"] * sizes["dp_shard"]
-    dims = ParallelDims(world_size=world, **sizes)
-    memory = estimate_memory(
-        args,
-        dims,
-        seq_len=seq_len,
-        micro_batch=a.micro_batch,
-        activation_checkpoint=a.activation_checkpoint,
-        attention_scores=a.attention_scores,
-        reshard_after_forward=not a.no_reshard_after_forward,
-    )
-    plan = {"memory": memory}
-    if any(getattr(a, k) is not None for k in _STEP_FLAGS):
-        plan["step_time"] = step_time(
-            args,
-            dims,
-            seq_len=seq_len,
-            global_batch_tokens=a.batch_tokens or dims.dp * a.micro_batch * seq_len * dims.pp,
-            peak_flops_per_device=(a.peak_tflops or 989.0) * 1e12,
-            mfu=a.mfu or 0.4,
-            micro_batch=a.micro_batch,
-            virtual_stages=a.virtual_stages,
-            train_tokens=a.train_tokens,
-        )
-    return plan
-
-
-def _print_plan(plan: dict) -> None:
-    m = plan["memory"]
-    asm = m["assumptions"]
-    layout = " x ".join(f"{k} {v}" for k, v in asm["layout"].items())
-    print(
-        f"memory per device: {layout} = {asm['world_size']:,} devices; seq_len {asm['seq_len']}, micro-batch "
-        f"{asm['micro_batch']}, activation checkpoint {asm['activation_checkpoint']}, "
-        f"reshard after forward {asm['reshard_after_forward']}"
-    )
-    print(
-        f"  largest: stage {m['stage']} of {len(m['layers_per_stage'])} ({m['stage_layers']} layers, "
-        f"{m['microbatches_in_flight']} micro-batches in flight), {m['params_per_device']:,} parameters"
-    )
-    for part, gib in m["gib"].items():
-        print(f"  {part:17s} {gib:9.2f} GiB")
-    if s := plan.get("step_time"):
-        print(
-            f"step time: {s['flops_per_step']:.4g} FLOPs per step of {s['microbatches']} micro-batches per "
-            f"data-parallel rank, at {s['achieved_flops_per_device'] / 1e12:.1f} TFLOP/s per device"
-        )
-        print(
-            f"  {s['seconds_per_step']:.3f} s/step, {s['tokens_per_s']:,.0f} tokens/s "
-            f"({s['tokens_per_s_per_device']:,.1f} per device)"
-        )
-        print(
-            f"  pipeline bubble {s['bubble_fraction']:.1%} (1F1B, {s['virtual_stages']} model chunk(s) per device); "
-            f"MFU while busy {s['busy_mfu']:.1%}"
-        )
-        if "days" in s:
-            print(
-                f"  {s['train_tokens']:.4g} tokens: {s['steps']:,} steps, {s['days']:.1f} days, "
-                f"{s['train_flops']:.3g} FLOPs"
-            )
-
-
-def _args_for(name: str):
-    """ModelArgs of a preset, an embedded model or a checkpoint path, reading metadata only."""
-    from herd.formats import read_args
-    from herd.formats.load import EMBEDDED, resolve_model_path
-    from herd.model import PRESETS, get_preset
-
-    if name in PRESETS:
-        return get_preset(name), "preset"
-    if name.lower() not in EMBEDDED and not Path(name).exists():
-        raise HerdError(f"{name!r} is neither a preset ({', '.join(PRESETS)}), an embedded model nor a path")
-    path = resolve_model_path(name)
-    return read_args(path), str(path)
+_LAYOUT_FLAGS = (
+    "tp", "pp", "dp_shard", "dp_replicate", "gpus", "micro_batch", "activation_checkpoint", "attention_scores",
+    "peak_tflops", "mfu", "batch_tokens", "virtual_stages", "train_tokens",
+)  # fmt: skip
+"""`herd model info`'s flags that are `parallel_plan`'s keywords as they are."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,16 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data_corpus)
     q = dsub.add_parser("curate", help="run the curation pipeline (config file and/or --input/--output)")
-    q.add_argument("--config", help="TOML file with a [curate] section; --curate.key=value overrides it")
+    q.add_argument(
+        "--config",
+        help="TOML file with [job] and [curate] (see configs/data/curate.toml); --section.key=value overrides it",
+    )
     q.add_argument("--input", "-i", nargs="+")
-    q.add_argument("--output", "-o")
+    q.add_argument("--output", "-o", help="the run directory (job.dump_folder); documents go to OUTPUT/kept")
     q.add_argument("--tasks", type=int)
     q.add_argument("--workers", type=int)
     q.add_argument("--no-quality", action="store_true", help="skip the LLM-judged quality classifier")
     q.add_argument("--verbose", action="store_true", help="show datatrove's per-task logs")
     q.set_defaults(func=cmd_data_curate, accepts_overrides=True)
     q = dsub.add_parser("pack", help="tokenize jsonl documents into shards for training")
-    q.add_argument("--config", help="TOML file of PackConfig fields; --key=value overrides it")
+    q.add_argument("--config", help="TOML file with [job] and [pack]; --section.key=value overrides it")
     q.add_argument("--input", "-i", nargs="+")
     q.add_argument("--output", "-o")
     q.add_argument("--tokenizer")
@@ -735,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train, accepts_overrides=True)
 
     p = sub.add_parser("sft", help="supervised fine-tuning on jsonl dialogs (loss on assistant turns)")
-    p.add_argument("--config", help="TOML train config with a [posttrain] section (see configs/posttrain/sft.toml)")
+    p.add_argument("--config", help="TOML config (see configs/posttrain/sft.toml); --section.key=value overrides it")
     p.set_defaults(func=cmd_sft, accepts_overrides=True)
     for name, func, help_text, example in (
         ("rm", cmd_rm, "train a reward model on preference pairs (Bradley-Terry, edited > chosen > rejected)",

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal, TextIO, overload
 
 from herd.errors import HerdError
 
@@ -29,8 +30,15 @@ def _umask() -> int:
     return mask
 
 
+# Callers get a TextIO for mode "w", a BinaryIO for "wb" (the default).
+@overload
+def atomic_file(path: str | Path, mode: Literal["w"]) -> contextlib.AbstractContextManager[TextIO]: ...
+@overload
+def atomic_file(path: str | Path, mode: Literal["wb"] = "wb") -> contextlib.AbstractContextManager[BinaryIO]: ...
+@overload
+def atomic_file(path: str | Path, mode: str) -> contextlib.AbstractContextManager[IO[Any]]: ...
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[object]:
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Write to a temp file beside `path`, fsync, then rename over it: readers never see half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

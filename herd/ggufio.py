@@ -7,10 +7,11 @@ through it and the weight format (herd/formats/gguf.py) its tensors, so neither 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gguf
 import numpy as np
+import numpy.typing as npt
 
 from herd.errors import CheckpointError
 
@@ -33,7 +34,9 @@ class Reader(gguf.GGUFReader):
     method in gguf 0.19.0 (pinned).
     """
 
-    def _get(self, offset, dtype, count=1, override_order=None):  # type: ignore[override]
+    def _get(
+        self, offset: int, dtype: npt.DTypeLike, count: int = 1, override_order: Literal["I", "S", "<"] | None = None
+    ) -> npt.NDArray[Any]:
         plain = self.__dict__.get("_plain")
         if plain is None:
             plain = self.__dict__["_plain"] = self.data.view(np.ndarray)

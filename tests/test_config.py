@@ -1,10 +1,12 @@
-"""The config loader: defaults <- TOML <- overrides, strict keys, typed values, TOML round trip."""
+"""The config tree: the loader (defaults <- TOML <- overrides, strict keys, typed values, TOML round trip) and the
+one JobConfig every command reads its own sections of."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from herd.config import ConfigError, build, load, to_toml
+from herd.config import COMMANDS, MOVED, ConfigError, CurateSection, JobConfig, build, dump, load, load_as, to_toml
 
 
 @dataclass(kw_only=True, slots=True)
@@ -26,7 +28,7 @@ class Root:
 
 def test_precedence_defaults_file_overrides(tmp_path) -> None:
     (tmp_path / "c.toml").write_text('steps = 20\n[inner]\nthreshold = 1\nlangs = ["fr", "de"]\n')
-    cfg = load(Root, tmp_path / "c.toml", ["--inner.threshold=0.25", "--name=123", "--inner.per_lang={ en = 0.7 }"])
+    cfg = load_as(Root, tmp_path / "c.toml", ["--inner.threshold=0.25", "--name=123", "--inner.per_lang={ en = 0.7 }"])
     assert cfg.steps == 20 and cfg.name == "123" and cfg.enabled
     assert cfg.inner.threshold == 0.25 and cfg.inner.langs == ["fr", "de"] and cfg.inner.per_lang == {"en": 0.7}
 
@@ -35,58 +37,78 @@ def test_unknown_keys_and_wrong_types_are_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
         build(Root, {"stepz": 1})
     with pytest.raises(ConfigError, match=r"unknown key 'inner\.bogus'"):
-        load(Root, None, ["--inner.bogus=1"])
+        load_as(Root, None, ["--inner.bogus=1"])
     with pytest.raises(ConfigError, match="steps must be int"):
         build(Root, {"steps": "many"})
     with pytest.raises(ConfigError, match=r"inner.langs\[1\] must be str"):
         build(Root, {"inner": {"langs": ["en", 3]}})
     (tmp_path / "bad.toml").write_text("steps = \n")
     with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
-        load(Root, tmp_path / "bad.toml")
+        load_as(Root, tmp_path / "bad.toml")
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path) -> None:
-    cfg = load(Root, None, ['--inner.path="a \\"b\\""', "--inner.per_lang={ fr = 0.9 }"])
+    cfg = load_as(Root, None, ['--inner.path="a \\"b\\""', "--inner.per_lang={ fr = 0.9 }"])
     (tmp_path / "out.toml").write_text(to_toml(cfg))
-    assert load(Root, tmp_path / "out.toml") == cfg
+    assert load_as(Root, tmp_path / "out.toml") == cfg
 
 
-def test_shipped_configs_load() -> None:
-    from pathlib import Path
-
-    from herd.data.pipeline import CurateConfig, DataJobConfig
-
-    root = Path(__file__).parents[1] / "configs"
-    job = load(DataJobConfig, root / "data" / "curate.toml")
-    assert job.curate == CurateConfig(input=["runs/corpus/raw"])  # the file spells out the defaults
+SHIPPED = {"pretrain/tiny.toml": "train", "posttrain/sft.toml": "sft", "posttrain/rm.toml": "rm",
+           "posttrain/dpo.toml": "dpo", "posttrain/ppo.toml": "ppo", "posttrain/rs.toml": "rs",
+           "posttrain/synth.toml": "synth", "posttrain/round.toml": "round", "data/curate.toml": "curate",
+           "scaling/tiny.toml": "scaling"}  # fmt: skip
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
-def test_shipped_pretrain_configs_load_and_pass_their_checks() -> None:
-    from pathlib import Path
+def test_every_shipped_config_loads_with_its_command_and_round_trips(tmp_path) -> None:
+    assert {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.toml")} == set(SHIPPED)
+    for name, command in SHIPPED.items():
+        cfg = load(command, CONFIGS / name)
+        (tmp_path / "resolved.toml").write_text(dump(cfg, command))  # what a run saves as its config.toml
+        assert load(command, tmp_path / "resolved.toml") == cfg, name
+    curate = load("curate", CONFIGS / "data" / "curate.toml")
+    assert curate.curate == CurateSection(input=["runs/corpus/raw"])  # the file spells out the defaults
 
-    from herd.train.config import TrainJobConfig
-    from herd.train.schedule import Schedule
 
-    for path in sorted((Path(__file__).parents[1] / "configs" / "pretrain").glob("*.toml")):
-        cfg = load(TrainJobConfig, path)
-        cfg.check()
-        schedule = Schedule(cfg)
-        assert schedule.anneal_start <= cfg.training.steps, path  # each shipped recipe ends with an anneal
-    from herd.posttrain import config as pc
-    from herd.posttrain.round import RoundJobConfig
-    from herd.posttrain.synth import SynthJobConfig
+def test_a_section_or_key_the_command_does_not_read_is_an_error_that_names_it(tmp_path) -> None:
+    (tmp_path / "c.toml").write_text("[anneal]\ntokens = 5\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: herd dpo does not read \[anneal\]"):
+        load("dpo", tmp_path / "c.toml")
+    with pytest.raises(ConfigError, match=r"herd train does not read training.batch_size"):
+        load("train", None, ["data.shards=['x']", "training.batch_size=4"])
+    with pytest.raises(ConfigError, match=r"herd rs does not read \[optim\]"):
+        load("rs", None, ["data.files=['x']", "optim.lr=1e-3"])
+    (tmp_path / "typo.toml").write_text("[optimm]\nlr = 1.0\n")
+    with pytest.raises(ConfigError, match=r"typo\.toml: unknown section \[optimm\]"):
+        load("sft", tmp_path / "typo.toml")
 
-    classes = {"sft": TrainJobConfig, "rm": pc.RewardJobConfig, "dpo": pc.DPOJobConfig, "rs": pc.RejectionJobConfig,
-               "ppo": pc.PPOJobConfig, "synth": SynthJobConfig, "round": RoundJobConfig}  # fmt: skip
-    shipped = sorted((Path(__file__).parents[1] / "configs" / "posttrain").glob("*.toml"))
-    assert {p.stem for p in shipped} == set(classes)
-    for path in shipped:
-        cfg = load(classes[path.stem], path)
-        if path.stem == "sft":
-            cfg.check()
-        elif path.stem not in ("synth", "round"):
-            pc.check(cfg)
-    from herd.scaling.sweep import ScalingJobConfig
 
-    for path in sorted((Path(__file__).parents[1] / "configs" / "scaling").glob("*.toml")):
-        assert len(load(ScalingJobConfig, path).scaling.sizes) >= 3, path
+def test_keys_of_the_old_layout_say_where_they_moved(tmp_path) -> None:
+    (tmp_path / "old_sft.toml").write_text('[posttrain]\ninit_from = "m"\nsft_data = ["d.jsonl"]\n')
+    with pytest.raises(ConfigError, match=r"old_sft\.toml: posttrain\.init_from moved to model\.init_from"):
+        load("sft", tmp_path / "old_sft.toml")
+    for old, new in (("optim.warmup_steps=1", "lr_schedule.warmup_steps"), ("model.lora_rank=4", "lora.rank"),
+                     ("training.dtype='bfloat16'", "model.dtype"), ("data.train=['x']", "data.files")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"moved to {new}"):
+            load("dpo", None, [old])
+    with pytest.raises(ConfigError, match=r"rs\.output was removed"):
+        load("rs", None, ["rs.output='x'"])
+    assert all(new.split(" ")[0].count(".") == 1 or new.startswith("nothing") for new in MOVED.values())
+
+
+def test_each_command_reads_real_keys_and_its_defaults_are_among_them() -> None:
+    fields = {s: set(getattr(JobConfig(), s).__dataclass_fields__) for s in JobConfig.__dataclass_fields__}
+    for command, spec in COMMANDS.items():
+        for section, keys in spec.reads.items():
+            assert keys is None or set(keys) <= fields[section], (command, section)
+        for dotted in spec.defaults:
+            section, key = dotted.split(".")
+            assert section in spec.reads and (spec.reads[section] is None or key in spec.reads[section]), dotted
+    # One meaning everywhere: the post-training stages share the optimizer's defaults with pretraining.
+    betas = {command: load(command, None, _needs(command)).optim.betas for command in ("train", "sft", "rm", "dpo",
+                                                                                       "ppo", "scaling")}  # fmt: skip
+    assert set(map(tuple, betas.values())) == {(0.9, 0.95)}
+
+
+def _needs(command: str) -> list[str]:
+    return {"train": ["data.shards=['x']"], "scaling": []}.get(command, ["data.files=['x']"])

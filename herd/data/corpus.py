@@ -163,7 +163,7 @@ def _shingles(text: str, n: int = 5) -> set[int]:
 def distinct(docs: list[dict[str, Any]], max_overlap: float = 0.05) -> list[dict[str, Any]]:
     """Drop any document sharing more than `max_overlap` of its word 5-grams with an earlier one."""
     seen: dict[int, int] = {}
-    kept = []
+    kept: list[dict[str, Any]] = []
     for doc in docs:
         sh = _shingles(doc["text"])
         if sum(1 for s in sh if s in seen) > max_overlap * len(sh):
@@ -413,6 +413,12 @@ def build_corpus(out_dir: str | Path, *, seed: int = 0, max_base: int | None = 6
     with atomic_file(out / "corpus.json", "w") as fh:
         json.dump(manifest, fh, indent=2)
     return CorpusStats(path=out, documents=len(docs), bytes=total, kinds=kinds)
+
+
+def format_corpus(stats: CorpusStats, seconds: float) -> str:
+    """What `herd data corpus` prints: documents, size, where, and the count of each kind."""
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats.kinds.items()))
+    return f"wrote {stats.documents} documents ({stats.bytes / 1e6:.1f} MB) to {stats.path} in {seconds:.1f}s: {kinds}"
 
 
 def _inherit(doc: dict[str, Any]) -> dict[str, Any]:

@@ -46,11 +46,22 @@ class Batch:
     def num_targets(self) -> int:
         return int((self.targets != IGNORE_INDEX).sum())
 
+    count = num_targets
+    """What the trainer divides the summed loss by."""
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.numel()
+
+    @property
+    def seq_len(self) -> int:
+        return self.tokens.shape[1]
+
     def shard(self, rank: int, world_size: int) -> Batch:
         """Rows rank, rank + world_size, ... (a data-parallel rank's part)."""
         sl = slice(rank, None, world_size)
-        rows = (t[sl].contiguous() for t in (self.tokens, self.targets, self.doc_ids))
-        return Batch(*rows, self.index)
+        tokens, targets, doc_ids = (t[sl].contiguous() for t in (self.tokens, self.targets, self.doc_ids))
+        return Batch(tokens, targets, doc_ids, self.index)
 
     def split(self, micro_rows: int) -> list[Batch]:
         return [
@@ -142,17 +153,19 @@ class MixLoader:
         if not pack_dirs:
             raise DataError("data.shards is empty: give the directories `herd data pack` wrote")
         shards: dict[str, list[Shard]] = {}
-        self.tokenizer: dict[str, Any] | None = None
+        tokenizer: dict[str, Any] | None = None
         self.tokenizer_dir = Path(pack_dirs[0]) / TOKENIZER_DIR
         """The copy of the tokenizer files that `herd data pack` keeps beside the shards."""
         for d in pack_dirs:
             manifest = _read_manifest(Path(d))
             identity = {k: v for k, v in manifest["tokenizer"].items() if k != "spec"}
-            if self.tokenizer is not None and {k: v for k, v in self.tokenizer.items() if k != "spec"} != identity:
+            if tokenizer is not None and {k: v for k, v in tokenizer.items() if k != "spec"} != identity:
                 raise DataError(f"{d}: packed with a different tokenizer than {pack_dirs[0]}; pack both alike")
-            self.tokenizer = self.tokenizer or manifest["tokenizer"]
+            tokenizer = tokenizer or manifest["tokenizer"]
             for name, src in sorted(manifest["sources"].items()):
                 shards.setdefault(name, []).extend(Shard(Path(d) / s["path"]) for s in src["shards"])
+        assert tokenizer is not None  # pack_dirs is not empty and every manifest has one
+        self.tokenizer: dict[str, Any] = tokenizer
         self.vocab_size = int(self.tokenizer["vocab_size"])
         self.sources = {
             name: SourceStream(name, s, seed=seed, chunk_tokens=chunk_tokens) for name, s in sorted(shards.items())

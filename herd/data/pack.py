@@ -15,10 +15,11 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from herd.config import PackSection
 from herd.data.shards import write_shard
 from herd.errors import DataError
 from herd.fileio import atomic_dir
@@ -29,38 +30,16 @@ TOKENIZER_DIR = "tokenizer"
 PACK_VERSION = 1
 
 
-@dataclass(kw_only=True, slots=True)
-class PackConfig:
-    input: list[str] = field(default_factory=list)
-    """jsonl files or directories of them (one document per line, a text field, optional source)."""
-    output: str = "runs/shards"
-    """New directory for the shards and manifest.json."""
-    tokenizer: str = "llama3"
-    """llama3, a tokenizer.model / tokenizer.json path, a model directory or a .gguf file."""
-    text_field: str = "text"
-    source_field: str = "source"
-    """Record field (or metadata key) that names a document's source; "domain" groups by the domain tagger."""
-    default_source: str = "default"
-    shard_tokens: int = 1 << 24
-    """Approximate tokens per shard file."""
-    bos: bool = True
-    eos: bool = True
-    mix: str = ""
-    """Target weights per source ("general=0.5,math=0.25,code=0.17,multilingual=0.08" or "llama3"): reported, with
-    the epochs each source needs, for a budget of mix_tokens."""
-    mix_tokens: int = 0
-    """Training budget for the mix report; 0 means the packed total."""
-
-
-def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
-    """Pack and return the manifest (the existing one when the output is already up to date)."""
+def pack(cfg: PackSection, output: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """Pack into the new directory `output` and return the manifest (the existing one when `output` is already up
+    to date)."""
     files = input_files(cfg.input)
     tokenizer = load_tokenizer(None if cfg.tokenizer == "llama3" else cfg.tokenizer)
     identity = tokenizer_identity(cfg.tokenizer, tokenizer)
     inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("input", "output", "mix", "mix_tokens")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("input", "mix", "mix_tokens")}
     key = {"version": PACK_VERSION, "tokenizer": identity, "inputs": inputs, "settings": settings}
-    out = Path(cfg.output)
+    out = Path(output)
     if (out / MANIFEST).is_file():
         existing = json.loads((out / MANIFEST).read_text())
         if {k: existing.get(k) for k in key} == key:
@@ -90,7 +69,7 @@ def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
             if not isinstance(text, str):
                 skipped.append(f"{where}: no string field {cfg.text_field!r}")
                 continue
-            meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+            meta = m if isinstance(m := record.get("metadata"), dict) else {}
             source = str(record.get(cfg.source_field, meta.get(cfg.source_field, cfg.default_source)))
             ids = bos + tokenizer.encode(text) + eos
             info = sources.setdefault(source, {"docs": 0, "tokens": 0, "bytes": 0, "shards": []})
@@ -124,13 +103,42 @@ def pack(cfg: PackConfig, *, progress: bool = False) -> dict[str, Any]:
     return _with_mix(manifest, cfg)
 
 
-def _with_mix(manifest: dict[str, Any], cfg: PackConfig) -> dict[str, Any]:
+def _with_mix(manifest: dict[str, Any], cfg: PackSection) -> dict[str, Any]:
     if cfg.mix:
         from herd.data.mix import parse_weights, plan_mix
 
         tokens = {name: src["tokens"] for name, src in manifest["sources"].items()}
         manifest["mix"] = plan_mix(tokens, parse_weights(cfg.mix), cfg.mix_tokens or manifest["total"]["tokens"])
     return manifest
+
+
+def format_pack(manifest: dict[str, Any], output: str | Path) -> str:
+    """What `herd data pack` prints for `pack`'s manifest of `output`: the totals, one line per source (largest
+    first), skipped records, and with a mix the tokens each source gives the training budget."""
+    m = manifest
+    if m.get("up_to_date"):
+        lines = [f"{output} is up to date ({m['total']['tokens']:,} tokens); nothing to do"]
+    else:
+        lines = [
+            f"packed {m['total']['docs']:,} documents, {m['total']['tokens']:,} tokens in {m['seconds']}s -> {output}"
+        ]
+    for name, src in sorted(m["sources"].items(), key=lambda kv: -kv[1]["tokens"]):
+        share = src["tokens"] / m["total"]["tokens"]
+        lines.append(
+            f"  {name:<24}{src['docs']:>8} docs {src['tokens']:>12,} tokens  {share:6.1%}  {len(src['shards'])} shards"
+        )
+    if m["skipped"]["count"]:
+        lines.append(f"skipped {m['skipped']['count']} records, e.g. {m['skipped']['first'][0]}")
+    if "mix" in m:
+        budget = sum(p["draw"] for p in m["mix"].values())
+        lines.append(f"mix for {budget:,} training tokens:")
+        for name, p in m["mix"].items():
+            warn = "  <- repeats more than 4 times" if p["epochs"] > 4 else ""
+            lines.append(
+                f"  {name:<24}{p['weight']:>6.0%}  draw {p['draw']:>12,} of {p['tokens']:>12,}"
+                f"  {p['epochs']:.2f} epochs{warn}"
+            )
+    return "\n".join(lines)
 
 
 def tokenizer_files(spec: str, tokenizer: Tokenizer) -> list[Path]:

@@ -1,13 +1,13 @@
 """`herd data curate`: the Llama 3 pretraining-data pipeline as datatrove stages, resumable and deterministic.
 
-Stages, each a datatrove pipeline run over `tasks` shards by `workers` processes (logs under <output>/logs):
-  1. clean:   read -> HTML extraction -> URL filter -> language ID -> PII scrubbing       -> <output>/stages/clean
-  2. dedup:   URL, exact, MinHash (document), line and (optionally) semantic dedup        -> <output>/stages/dedup
+Stages, each a datatrove pipeline run over `tasks` shards by `workers` processes, into <out> = job.dump_folder:
+  1. clean:   read -> HTML extraction -> URL filter -> language ID -> PII scrubbing       -> <out>/stages/clean
+  2. dedup:   URL, exact, MinHash (document), line and (optionally) semantic dedup        -> <out>/stages/dedup
   3. quality: Gopher/C4 heuristics, repetition, dirty words, token-distribution KL,
-              domain tagging, model-based quality                                          -> <output>/kept
+              domain tagging, model-based quality                                          -> <out>/kept
 Models that need data (the token-distribution reference, the domain classifier, the quality classifier trained on
 an LLM judge's labels) are fitted once, before stage 3, on a fixed sample of stage 2's output, and saved under
-<output>/models. Every dropped document goes to <output>/removed/<step>/ with its reason.
+<out>/models. Every dropped document goes to <out>/removed/<step>/ with its reason.
 
 Re-running with the same config resumes: completed tasks (datatrove completion markers) and fitted models are
 reused, and a crashed task is redone from the start, overwriting its own output files, so nothing is duplicated
@@ -24,7 +24,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,108 +33,9 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
-from herd.config import to_toml
+from herd.config import CurateSection, to_toml
 from herd.errors import DataError
-
-# ---------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass(kw_only=True, slots=True)
-class UrlConfig:
-    enabled: bool = True
-    blocklist: str | None = None
-    """File of blocked domains, one per line; None uses herd/data/lists/url_blocklist.txt."""
-    allowlist: str | None = None
-    banned_substrings: str | None = None
-
-
-@dataclass(kw_only=True, slots=True)
-class LanguageConfig:
-    enabled: bool = True
-    languages: list[str] = field(default_factory=list)
-    """Languages to keep (ISO 639-1); empty keeps every language that passes its threshold."""
-    min_score: float = 0.5
-    """Minimum lid.176 confidence to keep a document."""
-    thresholds: dict[str, float] = field(default_factory=dict)
-    """Per-language minimum confidence, overriding min_score."""
-
-
-@dataclass(kw_only=True, slots=True)
-class DedupConfig:
-    url: bool = True
-    exact: bool = True
-    minhash: bool = True
-    minhash_min_jaccard: float = 0.5
-    lines: bool = True
-    line_threshold: int = 6
-    """Lines found in more than this many documents of a bucket are removed (Llama 3: 6 per 30M documents)."""
-    line_buckets: int = 1
-    semantic: bool = False
-    semantic_threshold: float = 0.95
-
-
-@dataclass(kw_only=True, slots=True)
-class HeuristicsConfig:
-    enabled: bool = True
-    """Gopher/C4 quality rules and Gopher repetition rules."""
-    languages: list[str] = field(default_factory=lambda: ["en"])
-    """The prose rules are written for these languages; other documents skip them."""
-    dirty_words: bool = True
-    dirty_max_fraction: float = 0.03
-    token_kl: bool = True
-    token_kl_quantile: float = 0.99
-    """Documents whose token-distribution KL divergence exceeds this quantile of the fitting sample are dropped."""
-
-
-@dataclass(kw_only=True, slots=True)
-class QualityConfig:
-    domain: bool = True
-    """Tag documents with code / math / general / multilingual (classifier trained on heuristic seed labels)."""
-    enabled: bool = True
-    """Score documents with a fast classifier trained on an LLM judge's labels."""
-    classifier: str | None = None
-    """A saved quality classifier to use instead of training one."""
-    judge: str = "smollm2-135m-instruct"
-    """Model that labels the training sample (an embedded name or a checkpoint path)."""
-    judge_sample: int = 160
-    threshold: float | None = None
-    """Drop documents whose quality score (0..1) is below this; None only scores them."""
-
-
-@dataclass(kw_only=True, slots=True)
-class CurateConfig:
-    input: list[str] = field(default_factory=list)
-    """jsonl / HTML / text files or directories."""
-    output: str = "runs/curate"
-    tasks: int = 4
-    """Shards of work; the output depends on this, not on workers."""
-    workers: int = 1
-    executor: str = "local"
-    """local (datatrove's LocalPipelineExecutor) or ray (RayPipelineExecutor on the cluster at ray_address)."""
-    ray_address: str | None = None
-    """Ray cluster to join ("auto", "ray://host:10001"); None starts a local Ray instance."""
-    text_field: str = "text"
-    id_field: str = "id"
-    max_doc_bytes: int = 1 << 21
-    """Larger documents are skipped and counted."""
-    fit_sample: int = 2000
-    """Documents (the first, in a fixed order) used to fit the token reference and the domain classifier."""
-    extract: bool = True
-    pii: bool = True
-    url: UrlConfig = field(default_factory=UrlConfig)
-    language: LanguageConfig = field(default_factory=LanguageConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    heuristics: HeuristicsConfig = field(default_factory=HeuristicsConfig)
-    quality: QualityConfig = field(default_factory=QualityConfig)
-
-
-@dataclass(kw_only=True, slots=True)
-class DataJobConfig:
-    """Root of a `herd data curate --config FILE` file: a [curate] section."""
-
-    curate: CurateConfig = field(default_factory=CurateConfig)
-
+from herd.fileio import atomic_file
 
 # ---------------------------------------------------------------------------------------------
 # Steps
@@ -205,7 +105,9 @@ def _reader(path: Path) -> JsonlReader:
 class Curator:
     """Builds and runs the stages for one config; `run()` returns the report dict."""
 
-    def __init__(self, cfg: CurateConfig, *, log: Callable[[str], None] = print, verbose: bool = False) -> None:
+    def __init__(
+        self, cfg: CurateSection, output: str | Path, *, log: Callable[[str], None] = print, verbose: bool = False
+    ) -> None:
         if not cfg.input:
             raise DataError("no input given: set curate.input or pass --input DIR")
         if cfg.executor not in ("local", "ray"):
@@ -213,7 +115,7 @@ class Curator:
         if cfg.tasks < 1 or cfg.workers < 1:
             raise DataError(f"tasks and workers must be >= 1, got tasks={cfg.tasks} workers={cfg.workers}")
         self.cfg, self.log, self.verbose = cfg, log, verbose
-        self.out = Path(cfg.output)
+        self.out = Path(output)
         self.removed = self.out / "removed"
         self.stage_dirs = {name: self.out / "stages" / name for name in ("clean", "dedup")}
         self.kept = self.out / "kept"
@@ -252,7 +154,8 @@ class Curator:
             raise DataError(
                 f"{self.out}: made by another config or other inputs (see its config.toml); use a new output"
             )
-        path.write_text(stamp)
+        with atomic_file(path, "w") as out:  # a crash mid-write must not leave a stamp that refuses the resume
+            out.write(stamp)
 
     def _execute(self, name: str, pipeline: list[PipelineStep], tasks: int | None = None) -> None:
         t = time.perf_counter()
@@ -298,13 +201,15 @@ class Curator:
         if cfg.extract:
             steps.append(HtmlExtractor(exclusion_writer=_writer(self.removed / "extract")))
         if cfg.url.enabled:
-            lists = {
-                "blocked_domains": cfg.url.blocklist,
-                "allowed_domains": cfg.url.allowlist,
-                "banned_substrings": cfg.url.banned_substrings,
-            }
-            kwargs = {k: read_list(v) for k, v in lists.items() if v is not None}
-            steps.append(UrlFilter(**kwargs, exclusion_writer=_writer(self.removed / "url")))
+            url = cfg.url  # a list left unset (None) makes UrlFilter use its default list
+            steps.append(
+                UrlFilter(
+                    blocked_domains=None if url.blocklist is None else read_list(url.blocklist),
+                    allowed_domains=None if url.allowlist is None else read_list(url.allowlist),
+                    banned_substrings=None if url.banned_substrings is None else read_list(url.banned_substrings),
+                    exclusion_writer=_writer(self.removed / "url"),
+                )
+            )
         if cfg.language.enabled:
             lang = cfg.language
             lid = LanguageId(languages=lang.languages or None, min_score=lang.min_score, thresholds=lang.thresholds)
@@ -315,10 +220,18 @@ class Curator:
         return steps
 
     def _dedup_stages(self) -> list[Any]:
-        from herd.data.dedup import ExactDedup, LineDedup, MinHashDedup, SemanticDedup, UrlDedup, dedup_stages
+        from herd.data.dedup import (
+            DedupKind,
+            ExactDedup,
+            LineDedup,
+            MinHashDedup,
+            SemanticDedup,
+            UrlDedup,
+            dedup_stages,
+        )
 
         d, work = self.cfg.dedup, self.out / "dedup_work"
-        kinds = []
+        kinds: list[DedupKind] = []
         if d.url:
             kinds.append(UrlDedup(work, exclusion_writer=_writer(self.removed / "dedup_url")))
         if d.exact:

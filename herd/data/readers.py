@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class RawReader(PipelineStep):
 
     def __init__(
         self,
-        files: list[str | Path],
+        files: Sequence[str | Path],
         *,
         text_field: str = "text",
         id_field: str = "id",

@@ -84,6 +84,27 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         f.write(_html(report))
 
 
+def format_curate(report: dict[str, Any], out_dir: Path) -> str:
+    """What `herd data curate` prints after a run: a table of the steps (documents in and out, the top three drop
+    or skip reasons), the documents kept, the ground-truth scores when the input has them, and where the report
+    files are (`write_report`'s, in `out_dir`). Starts with a blank line, as it follows the run's own output."""
+    lines = ["", f"{'step':<34}{'docs in':>9}{'docs out':>10}  dropped / skipped"]
+    for step in report["steps"]:
+        reasons = {**step["dropped"], **step["skipped"]}
+        top = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+        docs_in, docs_out = (str(step[k]) if step[k] is not None else "-" for k in ("docs_in", "docs_out"))
+        lines.append(f"{(step['stage'] + ': ' + step['step'])[:33]:<34}{docs_in:>9}{docs_out:>10}  {top}")
+    o = report["output"]
+    lines += ["", f"kept {o['documents']} of {report['input']['documents']} documents -> {o['path']}"]
+    if truth := report.get("ground_truth"):
+        lines += ["", "against the corpus's ground truth:"]
+        for name, result in truth.items():
+            shown = {k: v for k, v in result.items() if k not in ("tp", "fp", "fn", "confusion") and v is not None}
+            lines.append(f"  {name:<44} " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+    lines += ["", f"report: {out_dir / 'report.json'}, {out_dir / 'report.png'}, {out_dir / 'report.html'}"]
+    return "\n".join(lines)
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 

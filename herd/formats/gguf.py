@@ -169,7 +169,7 @@ def _rope_scaling(meta: dict[str, Any], divisors: np.ndarray | None, args: Model
         raise CheckpointError(f"{path}: RoPE scaling type {kind!r} is not supported (only Llama 3.1 rope_freqs)")
 
     if divisors is None:
-        if None not in (factor, low, high):
+        if factor is not None and low is not None and high is not None:
             return RopeScaling(
                 factor=factor, low_freq_factor=low, high_freq_factor=high,
                 original_max_seq_len=original or _LLAMA31_ORIGINAL,
@@ -178,6 +178,7 @@ def _rope_scaling(meta: dict[str, Any], divisors: np.ndarray | None, args: Model
             raise CheckpointError(f"{path}: llama3 RoPE scaling needs rope.scaling.factor/low/high_freq_factor")
         return None
 
+    assert args.head_dim is not None  # derived in ModelArgs.__post_init__
     if divisors.shape != (args.head_dim // 2,):
         raise CheckpointError(
             f"{path}: tensor {ROPE_FREQS!r} has shape {list(divisors.shape)}, "

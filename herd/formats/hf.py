@@ -149,6 +149,7 @@ def hf_config_from_args(args: ModelArgs, dtype: torch.dtype, extra: dict[str, An
 
 
 def to_hf_state_dict(args: ModelArgs, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    assert args.n_kv_heads is not None  # derived in ModelArgs.__post_init__
     out: dict[str, torch.Tensor] = {}
     for name, t in sd.items():
         if name in _TOP_KEYS:
@@ -166,6 +167,7 @@ def to_hf_state_dict(args: ModelArgs, sd: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def from_hf_state_dict(args: ModelArgs, hf: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    assert args.n_kv_heads is not None  # derived in ModelArgs.__post_init__
     top = {v: k for k, v in _TOP_KEYS.items()}
     layer = {v: k for k, v in _LAYER_KEYS.items()}
     out: dict[str, torch.Tensor] = {}

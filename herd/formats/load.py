@@ -76,6 +76,7 @@ def load_pretrained(
 
 def _tokenizer_for(ckpt: Checkpoint) -> Tokenizer:
     path = ckpt.path
+    tokenizer: Tokenizer
     if ckpt.format == "gguf":
         tokenizer = HFTokenizer.from_gguf_metadata(ckpt.metadata, path)  # the file is parsed once
     elif (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():

@@ -93,6 +93,7 @@ def params_from_args(args: ModelArgs) -> dict[str, Any]:
         if (s.low_freq_factor, s.high_freq_factor, s.original_max_seq_len) != (1.0, 4.0, 8192):
             raise CheckpointError(f"Meta format cannot express rope scaling {s}; save as HF instead")
         params["rope_scaling_factor"] = s.factor
+    assert args.head_dim is not None  # derived in ModelArgs.__post_init__
     if args.head_dim * args.n_heads != args.dim:
         raise CheckpointError(
             f"Meta format needs head_dim == dim / n_heads; got {args.head_dim} != {args.dim} / {args.n_heads}"
@@ -114,6 +115,7 @@ def _ffn_params(args: ModelArgs) -> tuple[int, float | None]:
         ):
             return c.multiple_of, c.ffn_dim_multiplier
     # multiple_of = width, and a multiplier just under width / int(8 dim / 3), which rounds up to it.
+    assert args.ffn_hidden_dim is not None  # derived in ModelArgs.__post_init__
     return args.ffn_hidden_dim, args.ffn_hidden_dim / int(8 * args.dim / 3) * (1 - 1e-9)
 
 
@@ -177,6 +179,7 @@ def write_meta(path: str | Path, args: ModelArgs, sd: dict[str, torch.Tensor], *
             raise CheckpointError(
                 f"cannot split {name!r} of shape {list(t.shape)} into {num_shards} shards along dim {dim}"
             )
+    assert args.n_kv_heads is not None  # derived in ModelArgs.__post_init__
     if args.n_kv_heads % num_shards:
         raise CheckpointError(f"cannot split {args.n_kv_heads} kv heads into {num_shards} model-parallel shards")
     for rank in range(num_shards):

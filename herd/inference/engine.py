@@ -72,6 +72,7 @@ class _Row:
             return self._finish(token, "stop", token, logprob)
         c.tokens.append(token)
         if c.logprobs is not None:
+            assert logprob is not None  # computed for every row whose params ask for logprobs
             c.logprobs.append(logprob)
         self.full_text += self.decoder.push(token)
         for stop in self.params.stop:

@@ -134,6 +134,8 @@ def get_preset(name: str) -> ModelArgs:
 
 def count_params(args: ModelArgs) -> dict[str, int]:
     """Parameter counts by part, from the shapes alone (nothing is allocated)."""
+    # Derived fields, never None once __post_init__ has run; the asserts narrow them for the type checker.
+    assert args.n_kv_heads is not None and args.head_dim is not None and args.ffn_hidden_dim is not None
     q_out, kv_out = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     attention = args.dim * q_out * 2 + args.dim * kv_out * 2
     ffn = 3 * args.dim * args.ffn_hidden_dim
@@ -156,6 +158,7 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> dict[str, float]:
     matmul_params = params["total"] - params["embedding"] - (args.n_layers * 2 + 1) * args.dim
     if args.tie_embeddings:
         matmul_params += params["embedding"]
+    assert args.head_dim is not None  # derived in __post_init__
     attention = 4 * args.n_layers * seq_len * args.n_heads * args.head_dim
     forward = 2 * matmul_params + attention
     return {"forward": float(forward), "train": float(3 * forward), "matmul_params": float(matmul_params)}

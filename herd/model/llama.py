@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from herd.model.args import ModelArgs, RopeScaling
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
     """Inverse frequencies (H/2,), float32, with the Llama 3.1 scaling when configured."""
+    assert args.head_dim is not None  # derived in ModelArgs.__post_init__
     exponents = torch.arange(0, args.head_dim, 2, device="cpu")[: args.head_dim // 2].float() / args.head_dim
     freqs = 1.0 / (args.rope_theta**exponents)
     return freqs if args.rope_scaling is None else scale_rope_frequencies(freqs, args.rope_scaling)
@@ -101,6 +103,9 @@ class RMSNorm(nn.Module):
 class KVCache(nn.Module):
     """Static key/value buffers for one attention layer: (B, K, max_seq_len, H)."""
 
+    k: torch.Tensor
+    v: torch.Tensor
+
     def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, *, dtype, device) -> None:
         super().__init__()
         shape = (batch, n_kv_heads, max_seq_len, head_dim)
@@ -121,6 +126,7 @@ class KVCache(nn.Module):
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
+        assert args.n_kv_heads is not None and args.head_dim is not None  # derived in ModelArgs.__post_init__
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
@@ -172,6 +178,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.attention = Attention(args)
+        assert args.ffn_hidden_dim is not None  # derived in ModelArgs.__post_init__
         self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
@@ -217,12 +224,16 @@ class Transformer(nn.Module):
         mask: torch.Tensor | None = None,
         cache_pos: int | None = None,
         return_hidden: bool = False,
+        output_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) in float32, or the final normed hidden states (B, T, D) if `return_hidden`.
 
         positions_BT: RoPE positions; default 0..T-1 after `cache_pos`.
         mask: bool, broadcastable to (B, 1, T, S), True where a query may attend to a key; default causal.
         cache_pos: with caches set up (`setup_caches`), the cache slot of the first token.
+        output_mask: bool (B, T); logits only where it is True, as (N, V) in row-major order. Post-training batches
+            target a fraction of their tokens, and the projection to a large vocabulary at every position can
+            cost more than the transformer.
 
         A pipeline stage (herd/parallel/pipeline.py) is this model with some parts set to None: without
         `tok_embeddings` the input is the previous stage's hidden states (B, T, D), and without `output` the
@@ -248,23 +259,30 @@ class Transformer(nn.Module):
         h_BTD = self.norm(h_BTD)
         if return_hidden:
             return h_BTD
+        if output_mask is not None:
+            return self.output(h_BTD[output_mask]).float()  # (N, V)
         return self.output(h_BTD).float()
 
     # -- KV cache -------------------------------------------------------------------------------
+
+    def _blocks(self) -> Iterator[TransformerBlock]:
+        # ModuleDict values are typed nn.Module. A block wrapped for activation checkpointing or by torch.compile
+        # forwards attribute access to the block, so every value is used as a TransformerBlock.
+        return (cast(TransformerBlock, layer) for layer in self.layers.values())
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int) -> None:
         """Allocate a static KV cache per layer, in the dtype and on the device of the weights."""
         if max_seq_len > self.args.max_seq_len:
             raise ValueError(f"cache length {max_seq_len} exceeds the model's max_seq_len {self.args.max_seq_len}")
         weight = self.tok_embeddings.weight
-        for layer in self.layers.values():
+        for layer in self._blocks():
             attn = layer.attention
             attn.kv_cache = KVCache(
                 max_batch_size, attn.n_kv_heads, max_seq_len, attn.head_dim, dtype=weight.dtype, device=weight.device
             )
 
     def clear_caches(self) -> None:
-        for layer in self.layers.values():
+        for layer in self._blocks():
             layer.attention.kv_cache = None
 
     # -- initialization -------------------------------------------------------------------------
@@ -274,7 +292,7 @@ class Transformer(nn.Module):
         """GPT-2 style init: N(0, std) everywhere, residual-output projections scaled by 1/sqrt(2 * n_layers)."""
         nn.init.normal_(self.tok_embeddings.weight, std=std)
         residual_std = std / math.sqrt(2 * self.args.n_layers)
-        for layer in self.layers.values():
+        for layer in self._blocks():
             for lin in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.feed_forward.w1):
                 nn.init.trunc_normal_(lin.weight, std=std, a=-3 * std, b=3 * std)
             nn.init.trunc_normal_(layer.feed_forward.w3.weight, std=std, a=-3 * std, b=3 * std)

@@ -37,8 +37,8 @@ def init_distributed(device: torch.device, *, timeout_s: float = 600.0) -> None:
         # torchrun's agent keeps one store across restarts: without a per-attempt prefix a restarted worker can
         # read a dead worker's address from the previous attempt and fail to connect ("Connection refused").
         rank, size = world()
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size, is_master=False,
-                              timeout=timeout)  # fmt: skip
+        store: dist.Store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                                          is_master=False, timeout=timeout)  # fmt: skip
         store = dist.PrefixStore(f"herd/attempt-{restart_count()}", store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     else:

@@ -28,6 +28,7 @@ Conventions (each is a choice; change them here and in the tests together):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from herd.model.args import ModelArgs, flops_per_token
 from herd.parallel.dims import ParallelDims, ParallelError
@@ -57,6 +58,7 @@ def stage_layers(n_layers: int, pp: int) -> list[int]:
 
 def _check_tp(args: ModelArgs, tp: int) -> int:
     """The divisor of the key/value projections: kv heads are split up to n_kv_heads ways, then replicated."""
+    assert args.n_kv_heads is not None and args.ffn_hidden_dim is not None  # derived in ModelArgs.__post_init__
     if args.n_heads % tp:
         raise ParallelError(f"parallel.tp={tp} does not divide the model's n_heads={args.n_heads}")
     if args.ffn_hidden_dim % tp:
@@ -68,6 +70,7 @@ def _check_tp(args: ModelArgs, tp: int) -> int:
 
 def _layer_params(args: ModelArgs, tp: int) -> int:
     """Parameters of one transformer block held by one tensor-parallel rank."""
+    assert args.n_kv_heads is not None and args.head_dim is not None and args.ffn_hidden_dim is not None
     q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     kv_tp = _check_tp(args, tp)
     attention = 2 * args.dim * q // tp + 2 * args.dim * kv // kv_tp
@@ -114,6 +117,7 @@ def _layer_activation_elements(
     h_div = tp if sequence_parallel else 1
     if mode == "full":
         return tokens * args.dim // h_div
+    assert args.n_kv_heads is not None and args.head_dim is not None and args.ffn_hidden_dim is not None
     q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     kv_tp = _check_tp(args, tp)
     elements = (
@@ -195,7 +199,7 @@ def estimate_memory(
     output_act = ACTIVATION_BYTES * 2 * tokens * args.dim // h_div + 4 * tokens * vocab_params // args.dim
     recompute_working_set = act["none"] if activation_checkpoint == "full" else 0
 
-    stages = []
+    stages: list[dict[str, Any]] = []
     for i, n in enumerate(layers):
         params = n * layer_params
         if i == 0:
@@ -324,3 +328,91 @@ def step_time(
             "train_flops": per_token * train_tokens,
         }
     return out
+
+
+def parallel_plan(
+    args: ModelArgs,
+    *,
+    seq_len: int,
+    tp: int | None = None,
+    pp: int | None = None,
+    dp_shard: int | None = None,
+    dp_replicate: int | None = None,
+    gpus: int | None = None,
+    micro_batch: int = 1,
+    activation_checkpoint: str = "selective",
+    attention_scores: bool = False,
+    reshard_after_forward: bool = True,
+    peak_tflops: float | None = None,
+    mfu: float | None = None,
+    batch_tokens: int | None = None,
+    virtual_stages: int = 1,
+    train_tokens: float | None = None,
+) -> dict:
+    """`{"memory": estimate_memory(...)}` for the layout the sizes give, plus `"step_time"` when any of peak_tflops,
+    mfu, batch_tokens or train_tokens is given; `{}` when none of tp, pp, dp_shard, dp_replicate, gpus is.
+
+    Sizes not given are 1, except dp_shard with gpus given: it takes what the others leave of the world size. Step
+    time defaults: 989 TFLOP/s peak, MFU 0.4, a global batch of pp micro-batches per data-parallel rank."""
+    if all(v is None for v in (tp, pp, dp_shard, dp_replicate, gpus)):
+        return {}
+    sizes = {"tp": tp or 1, "pp": pp or 1, "dp_replicate": dp_replicate or 1}
+    if dp_shard is not None:
+        sizes["dp_shard"] = dp_shard
+    elif gpus is None:
+        sizes["dp_shard"] = 1
+    world = gpus or sizes["tp"] * sizes["pp"] * sizes["dp_replicate"] * sizes["dp_shard"]
+    dims = ParallelDims(world_size=world, **sizes)
+    memory = estimate_memory(
+        args,
+        dims,
+        seq_len=seq_len,
+        micro_batch=micro_batch,
+        activation_checkpoint=activation_checkpoint,
+        attention_scores=attention_scores,
+        reshard_after_forward=reshard_after_forward,
+    )
+    plan = {"memory": memory}
+    if any(v is not None for v in (peak_tflops, mfu, batch_tokens, train_tokens)):
+        plan["step_time"] = step_time(
+            args,
+            dims,
+            seq_len=seq_len,
+            global_batch_tokens=batch_tokens or dims.dp * micro_batch * seq_len * dims.pp,
+            peak_flops_per_device=(peak_tflops or 989.0) * 1e12,
+            mfu=mfu or 0.4,
+            micro_batch=micro_batch,
+            virtual_stages=virtual_stages,
+            train_tokens=train_tokens,
+        )
+    return plan
+
+
+def format_memory(plan: dict) -> str:
+    """Human-readable lines for a `parallel_plan` result (or any dict with its "memory" and "step_time" keys)."""
+    m = plan["memory"]
+    asm = m["assumptions"]
+    layout = " x ".join(f"{k} {v}" for k, v in asm["layout"].items())
+    lines = [
+        f"memory per device: {layout} = {asm['world_size']:,} devices; seq_len {asm['seq_len']}, micro-batch "
+        f"{asm['micro_batch']}, activation checkpoint {asm['activation_checkpoint']}, "
+        f"reshard after forward {asm['reshard_after_forward']}",
+        f"  largest: stage {m['stage']} of {len(m['layers_per_stage'])} ({m['stage_layers']} layers, "
+        f"{m['microbatches_in_flight']} micro-batches in flight), {m['params_per_device']:,} parameters",
+    ]
+    lines += [f"  {part:17s} {gib:9.2f} GiB" for part, gib in m["gib"].items()]
+    if s := plan.get("step_time"):
+        lines += [
+            f"step time: {s['flops_per_step']:.4g} FLOPs per step of {s['microbatches']} micro-batches per "
+            f"data-parallel rank, at {s['achieved_flops_per_device'] / 1e12:.1f} TFLOP/s per device",
+            f"  {s['seconds_per_step']:.3f} s/step, {s['tokens_per_s']:,.0f} tokens/s "
+            f"({s['tokens_per_s_per_device']:,.1f} per device)",
+            f"  pipeline bubble {s['bubble_fraction']:.1%} (1F1B, {s['virtual_stages']} model chunk(s) per device); "
+            f"MFU while busy {s['busy_mfu']:.1%}",
+        ]
+        if "days" in s:
+            lines.append(
+                f"  {s['train_tokens']:.4g} tokens: {s['steps']:,} steps, {s['days']:.1f} days, "
+                f"{s['train_flops']:.3g} FLOPs"
+            )
+    return "\n".join(lines)

@@ -8,7 +8,10 @@ not depend on the options or the layout they were saved under.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
+from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -66,7 +69,8 @@ def apply_activation_checkpointing(model: Transformer) -> None:
 def apply_compile(model: Transformer) -> None:
     """torch.compile each block separately: blocks share one graph, so compile time does not grow with depth."""
     for name, block in model.layers.items():
-        model.layers[name] = torch.compile(block, dynamic=False)
+        # Compiling a module returns an OptimizedModule (an nn.Module); torch.compile's signature only says Callable.
+        model.layers[name] = cast(nn.Module, torch.compile(block, dynamic=False))
 
 
 def apply_fsdp(

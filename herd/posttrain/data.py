@@ -164,3 +164,11 @@ def sft_example(tokenizer: Tokenizer, messages: list[dict[str, Any]]) -> tuple[l
 def preference_example(tokenizer: Tokenizer, record: dict[str, Any], response: str) -> tuple[list[int], list[int]]:
     """(inputs, targets) of the prompt followed by one response as the assistant's turn."""
     return sft_example(tokenizer, [*record["messages"], {"role": "assistant", "content": response}])
+
+
+def format_problems(problems: list[str]) -> list[str]:
+    """Console lines for skipped jsonl lines: the first five, then how many more."""
+    lines = [f"  skipped {problem}" for problem in problems[:5]]
+    if len(problems) > 5:
+        lines.append(f"  ... {len(problems) - 5} more skipped lines")
+    return lines

@@ -1,9 +1,12 @@
-"""PPO for language models (Ziegler et al. 2019, InstructGPT / Ouyang et al. 2022), single process.
+"""PPO for language models (Ziegler et al. 2019, InstructGPT / Ouyang et al. 2022), as an objective of the one
+Trainer (single process: rollouts decode on the inference engine over the live weights).
 
-Each step samples a response per prompt with the inference Engine, scores it with a reward function, and turns the
-score into per-token rewards: -kl_coef x (log pi - log pi_ref) on every response token, plus the score on the last
-one. GAE over the response tokens gives advantages and returns, and a few epochs of the clipped policy and value
-losses update the policy and a value head on its final hidden states.
+Every `ppo.epochs` optimizer steps, the objective samples one response per prompt for `training.batch_size`
+prompts with the Engine, scores each with a reward function, and turns the score into per-token rewards:
+-kl_coef x (log pi - log pi_ref) on every response token, plus the score on the last one. GAE over the response
+tokens gives advantages (whitened over the batch) and returns; each optimizer step is then the clipped policy
+loss plus value_coef x the clipped value loss on that batch, as means over its response tokens. The value head
+sits on the policy's final hidden states.
 
 Token-level tensors are aligned with next-token targets: position t of a (B, T) tensor is about `targets[:, t]`,
 the token predicted from `inputs[:, : t + 1]`; `mask` is True on the response tokens.
@@ -11,21 +14,27 @@ the token predicted from `inputs[:, : t + 1]`; `mask` is True on the response to
 
 from __future__ import annotations
 
-import itertools
+import copy
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from herd.config import JobConfig
 from herd.errors import TrainError
 from herd.inference import Completion, Engine, SamplingParams
 from herd.model import Transformer
-from herd.posttrain.config import PPOJobConfig, PPOSection, check
+from herd.posttrain.data import format_problems
+from herd.posttrain.stage import export_model, load_start, run_tokenizer, write_json
 from herd.tokenizer import Tokenizer
+from herd.train.objective import Objective
+from herd.train.schedule import StepPlan
+from herd.train.trainer import Trainer
 
 # ---------------------------------------------------------------------------------------------
 # Losses and advantages, on tensors
@@ -85,7 +94,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
-def ppo_losses(
+def ppo_loss_sums(
     logps: torch.Tensor,
     old_logps: torch.Tensor,
     advantages: torch.Tensor,
@@ -96,25 +105,24 @@ def ppo_losses(
     clip_ratio: float,
     value_clip: float,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate policy loss and clipped value loss (masked means over tokens), and their statistics.
+    """Clipped surrogate policy loss and clipped value loss, summed over the masked tokens, and the sums of their
+    statistics; divided by the batch's response tokens they are the usual means.
 
-    Advantages are whitened over the mask. The value loss is 0.5 x max((V - R)^2, (V_clipped - R)^2) with V kept
-    within value_clip of the value at sampling time. Stats: clipfrac (share of tokens where the ratio clip is
-    active) and approx_kl, 0.5 x mean (log ratio)^2, an estimate of KL(pi_old || pi).
+    `advantages` are whitened already (over the whole batch). The value loss is 0.5 x max((V - R)^2,
+    (V_clipped - R)^2) with V kept within value_clip of the value at sampling time. Stats: clipfrac (tokens where
+    the ratio clip is active) and approx_kl, 0.5 x (log ratio)^2, an estimate of KL(pi_old || pi).
     """
-    advantages = whiten(advantages, mask)
+    m = mask.to(logps.dtype)
     log_ratio = logps - old_logps
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_ratio, 1 + clip_ratio)
-    policy_loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    policy = (torch.maximum(unclipped, clipped) * m).sum()
     values_clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
-    value_loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (values_clipped - returns) ** 2), mask)
-    stats = {
-        "clipfrac": masked_mean((clipped > unclipped).float(), mask).detach(),
-        "approx_kl": 0.5 * masked_mean(log_ratio.detach() ** 2, mask),
-    }
-    return policy_loss, value_loss, stats
+    value = 0.5 * (torch.maximum((values - returns) ** 2, (values_clipped - returns) ** 2) * m).sum()
+    stats = {"clipfrac": ((clipped > unclipped).to(m.dtype) * m).sum().detach(),
+             "approx_kl": 0.5 * (log_ratio.detach() ** 2 * m).sum()}  # fmt: skip
+    return policy, value, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,16 +147,7 @@ class PolicyWithValue(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training loop
-
-
-def _prompt_order(n: int, seed: int) -> Iterator[int]:
-    """Prompt indices forever: a fresh seeded permutation per pass."""
-    rng = random.Random(seed)
-    while True:
-        order = list(range(n))
-        rng.shuffle(order)
-        yield from order
+# Rollouts
 
 
 def _response_batch(completions: list[Completion], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -173,113 +172,185 @@ def _response_batch(completions: list[Completion], pad_id: int, device: torch.de
     return seq[:, :-1].to(device), seq[:, 1:].to(device), mask.to(device)
 
 
-def ppo_train(
-    policy: PolicyWithValue,
-    reference: Transformer,
-    tokenizer: Tokenizer,
-    prompts: list[list[int]],
-    reward_fn: Callable[[int, str], float],
-    cfg: PPOSection,
-    *,
-    lr: float,
-    seed: int,
-    log: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """Train `policy` in place with PPO; return the stats of each step.
+@dataclass(slots=True)
+class Rollout:
+    """One batch of sampled responses with everything the updates on it need (fixed while they run)."""
 
-    `reward_fn(prompt_index, response_text)` scores a response (the index lets verifiable rewards look up the
-    item). Only parameters with requires_grad are optimized, so a LoRA-wrapped model trains its adapters only.
-    Stats per step: score (mean), kl (mean per response of the summed log pi - log pi_ref), policy_loss,
-    value_loss, clipfrac and approx_kl (means over the epochs), response_len (mean, stop token included).
-    """
-    if not prompts:
-        raise TrainError("ppo: no prompts")
-    device = policy.model.tok_embeddings.weight.device
-    engine = Engine(policy.model, tokenizer, max_batch_size=cfg.prompts_per_step)
-    reference.eval()
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    order = _prompt_order(len(prompts), seed)
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    history = []
-    for step in range(cfg.steps):
-        indices = list(itertools.islice(order, cfg.prompts_per_step))
-        rng = random.Random(f"{seed}:{step}")
-        params = [
-            SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=rng.getrandbits(62))
-            for _ in indices
-        ]
-        completions = engine.generate([prompts[i] for i in indices], params)
-        scores = torch.tensor([float(reward_fn(i, c.text)) for i, c in zip(indices, completions, strict=True)],
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    old_logps: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    """Whitened over the batch's response tokens."""
+    returns: torch.Tensor
+    stats: dict[str, float]
+    """score (mean), kl (mean per response of the summed log pi - log pi_ref), response_len (stop token included)."""
+
+
+@dataclass(slots=True)
+class RolloutBatch:
+    """A step's view of the current rollout, as the Trainer sees it: the loss is a mean over response tokens."""
+
+    rollout: Rollout
+    index: int
+    rows: slice = field(default_factory=lambda: slice(None))
+
+    @property
+    def count(self) -> int:
+        return int(self.rollout.mask.sum())
+
+    @property
+    def num_tokens(self) -> int:
+        return self.rollout.inputs.numel()
+
+    @property
+    def seq_len(self) -> int:
+        return self.rollout.inputs.shape[1]
+
+    def shard(self, rank: int, world_size: int) -> RolloutBatch:
+        return RolloutBatch(self.rollout, self.index, slice(rank, None, world_size))
+
+    def split(self, size: int) -> list[dict[str, torch.Tensor]]:
+        r = self.rollout
+        fields = {k: getattr(r, k)[self.rows] for k in ("inputs", "targets", "mask", "old_logps", "old_values",
+                                                         "advantages", "returns")}  # fmt: skip
+        size = size or len(fields["inputs"])
+        return [{k: v[i : i + size] for k, v in fields.items()} for i in range(0, len(fields["inputs"]), size)]
+
+
+class PPO(Objective):
+    """`reward_fn(prompt_index, response_text)` scores a response (the index lets verifiable rewards look up the
+    prompt's item). The reference is a frozen copy of the starting weights."""
+
+    name = "ppo"
+
+    def __init__(self, cfg: JobConfig, prompts: list[list[int]], reward_fn: Callable[[int, str], float],
+                 tokenizer: Tokenizer, reference: Transformer) -> None:  # fmt: skip
+        if not prompts:
+            raise TrainError("ppo: no prompts")
+        self.cfg, self.p = cfg, cfg.ppo
+        self.prompts, self.reward_fn, self.chat_tokenizer = prompts, reward_fn, tokenizer
+        self.reference = reference.eval().requires_grad_(False)
+        self.vocab_size = tokenizer.vocab_size
+        self.tokenizer, self.tokenizer_files = run_tokenizer(tokenizer, Path(cfg.job.dump_folder))
+        self.batches = 0
+        self.current: Rollout | None = None
+        self.policy: PolicyWithValue | None = None
+
+    def wrap(self, transformer: Transformer) -> nn.Module:
+        self.policy = PolicyWithValue(transformer)
+        return self.policy
+
+    def prepare(self, module: nn.Module) -> None:
+        self.reference.to(next(module.parameters()).device)
+
+    def longest(self, cfg: JobConfig) -> int:
+        return max(len(p) for p in self.prompts) + self.p.max_new_tokens
+
+    def next_batch(self, plan: StepPlan) -> RolloutBatch:
+        if self.current is None or self.batches % self.p.epochs == 0:
+            self.current = self.rollout(self.batches // self.p.epochs)
+        batch = RolloutBatch(self.current, self.batches)
+        self.batches += 1
+        return batch
+
+    def split(self, rows: RolloutBatch, plan: StepPlan) -> list[dict[str, torch.Tensor]]:
+        return rows.split(self.cfg.training.micro_batch_size)
+
+    def loss(self, module: nn.Module, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, values = module(micro["inputs"])
+        logps = token_logps(logits / self.p.temperature, micro["targets"])
+        policy, value, stats = ppo_loss_sums(logps, micro["old_logps"], micro["advantages"], values,
+                                             micro["old_values"], micro["returns"], micro["mask"], self.p.clip_ratio,
+                                             self.p.value_clip)  # fmt: skip
+        return policy + self.p.value_coef * value, {"policy_loss": policy.detach(), "value_loss": value.detach(),
+                                                    **stats}  # fmt: skip
+
+    def record(self) -> dict[str, float]:
+        return dict(self.current.stats) if self.current is not None else {}
+
+    @torch.no_grad()
+    def rollout(self, k: int) -> Rollout:
+        """The k-th batch of samples: prompts in a seeded order (a new permutation every pass), one response each,
+        seeded per row, so a resumed run samples exactly what an uninterrupted one would."""
+        assert self.policy is not None
+        indices = self._prompt_indices(k)
+        rng = random.Random(f"{self.cfg.job.seed}:{k}")
+        params = [SamplingParams(max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
+                                 seed=rng.getrandbits(62)) for _ in indices]  # fmt: skip
+        engine = Engine(self.policy.model, self.chat_tokenizer, max_batch_size=len(indices))
+        completions = engine.generate([self.prompts[i] for i in indices], params)
+        device = next(self.policy.parameters()).device
+        scores = torch.tensor([float(self.reward_fn(i, c.text)) for i, c in zip(indices, completions, strict=True)],
                               device=device)  # fmt: skip
-        inputs, targets, mask = _response_batch(completions, pad_id, device)
-
-        # Recomputed rather than taken from the Engine, so that the ratio is exactly 1 at the first epoch (the
+        tok = self.chat_tokenizer
+        inputs, targets, mask = _response_batch(completions, tok.pad_id if tok.pad_id is not None else tok.eos_id,
+                                                device)  # fmt: skip
+        # Recomputed rather than taken from the Engine, so that the ratio is exactly 1 at the first update (the
         # KV-cache path rounds differently from a full forward).
-        with torch.no_grad():
-            logits, old_values = policy(inputs)
-            old_logps = token_logps(logits / cfg.temperature, targets)
-            ref_logps = token_logps(reference(inputs) / cfg.temperature, targets)
-            rewards = kl_penalized_rewards(scores, old_logps, ref_logps, mask, cfg.kl_coef)
-            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        bf16 = self.cfg.model.dtype == "bfloat16"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, old_values = self.policy(inputs)
+            ref_logits = self.reference(inputs)
+        old_logps = token_logps(logits / self.p.temperature, targets)
+        ref_logps = token_logps(ref_logits / self.p.temperature, targets)
+        rewards = kl_penalized_rewards(scores, old_logps, ref_logps, mask, self.p.kl_coef)
+        advantages, returns = gae(rewards, old_values, mask, self.p.gamma, self.p.lam)
+        stats = {"score": float(scores.mean()), "kl": float(((old_logps - ref_logps) * mask).sum(dim=1).mean()),
+                 "response_len": float(mask.sum(dim=1).float().mean())}  # fmt: skip
+        return Rollout(inputs, targets, mask, old_logps, old_values, whiten(advantages, mask), returns, stats)
 
-        totals = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
-        for _ in range(cfg.ppo_epochs):
-            logits, values = policy(inputs)
-            logps = token_logps(logits / cfg.temperature, targets)
-            policy_loss, value_loss, stats = ppo_losses(logps, old_logps, advantages, values, old_values, returns,
-                                                        mask, cfg.clip_ratio, cfg.value_clip)  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            (policy_loss + cfg.value_coef * value_loss).backward()
-            optimizer.step()
-            for name, value in (("policy_loss", policy_loss), ("value_loss", value_loss), *stats.items()):
-                totals[name] += value.item() / cfg.ppo_epochs
+    def _prompt_indices(self, k: int) -> list[int]:
+        """Positions k x B .. (k + 1) x B of the prompt stream: a seeded shuffle of every prompt, pass after pass."""
+        size, n = self.cfg.training.batch_size, len(self.prompts)
+        rng = random.Random(self.cfg.job.seed)
+        order: list[int] = []
+        while len(order) < (k + 1) * size:
+            passes = list(range(n))
+            rng.shuffle(passes)
+            order += passes
+        return order[k * size : (k + 1) * size]
 
-        record = {
-            "step": step + 1,
-            "score": float(scores.mean()),
-            "kl": float(((old_logps - ref_logps) * mask).sum(dim=1).mean()),
-            **totals,
-            "response_len": float(mask.sum(dim=1).float().mean()),
-        }
-        history.append(record)
-        if log is not None:
-            log(record)
-    return history
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "prompts": len(self.prompts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["prompts"] != len(self.prompts):
+            raise TrainError(f"the checkpoint was trained on {state['prompts']} prompts; these files hold "
+                             f"{len(self.prompts)}")  # fmt: skip
+        # Checkpoints fall between batches of samples (checkpoint.interval is a multiple of ppo.epochs): the next
+        # step samples afresh from the restored weights.
+        self.batches, self.current = state["batches"], None
 
 
-def run_ppo(cfg: PPOJobConfig) -> dict[str, Any]:
+def run_ppo(cfg: JobConfig) -> dict[str, Any]:
     """`herd ppo`: the policy starts from model.init_from (LoRA optional), the reference is a frozen copy of the
     same weights, rewards come from a reward model or each prompt's verifiable checker; the policy is exported
     without its value head."""
-    from herd.formats.load import load_pretrained
     from herd.posttrain.data import encode_prompt, read_prompts
     from herd.posttrain.rejection import checker_scorer, reward_model_scorer
-    from herd.posttrain.stage import export, load_start, write_config, write_json
 
-    check(cfg)
-    run_dir = Path(cfg.job.dump_folder)
-    records, problems = read_prompts(cfg.data.train, on_error=cfg.data.on_error)
+    records, problems = read_prompts(cfg.data.files, on_error=cfg.data.on_error)
     scorer = reward_model_scorer(cfg.ppo.reward_model) if cfg.ppo.reward_model else checker_scorer()
-    model, tokenizer = load_start(cfg.model, seed=cfg.job.seed)
-    reference = load_pretrained(cfg.model.init_from or None).model.eval().requires_grad_(False)
-    write_config(run_dir, cfg)
-    torch.manual_seed(cfg.job.seed)
-    policy = PolicyWithValue(model)
-    prompts = [encode_prompt(tokenizer, r["messages"]) for r in records]
-    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as log:
-
-        def show(record: dict[str, Any]) -> None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            print(f"[ppo] step {record['step']}/{cfg.ppo.steps}  score {record['score']:.3f}  kl {record['kl']:.3f}  "
-                  f"policy_loss {record['policy_loss']:.4f}", flush=True)  # fmt: skip
-
-        history = ppo_train(policy, reference, tokenizer, prompts,
-                            lambda i, text: scorer([records[i]], [text])[0], cfg.ppo, lr=cfg.optim.lr,
-                            seed=cfg.job.seed, log=show)  # fmt: skip
-    out = export(model, tokenizer, run_dir / "model", dtype=cfg.model.export_dtype)
+    start = load_start(cfg)
+    reference = copy.deepcopy(start.model)
+    prompts = [encode_prompt(start.tokenizer, r["messages"]) for r in records]
+    objective = PPO(cfg, prompts, lambda i, text: scorer([records[i]], [text])[0], start.tokenizer, reference)
+    trainer = Trainer(cfg, objective, command="ppo", initial=start.model)
+    result = trainer.train()
+    out = export_model(trainer, start.tokenizer, trainer.run_dir / "model", dtype=cfg.model.export_dtype,
+                       prefix="model.")  # fmt: skip
+    scores = [json.loads(x)["score"] for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = {"prompts": len(records), "skipped_lines": len(problems), "problems": problems[:20],
-               "steps": len(history), "score_first": history[0]["score"], "score_last": history[-1]["score"],
-               "model": str(out)}  # fmt: skip
-    write_json(run_dir / "summary.json", summary)
+               "steps": result["steps"], "score_first": scores[0], "score_last": scores[-1], "model": str(out),
+               "seconds": result["seconds"]}  # fmt: skip
+    write_json(trainer.run_dir / "summary.json", summary)
+    trainer.shutdown()
     return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    return "\n".join([*format_problems(s["problems"]), (
+        f"done: {s['steps']} steps; mean score {s['score_first']:.3f} (first rollout) -> {s['score_last']:.3f} "
+        f"(last); model {s['model']}")])  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,6 @@ import torch
 from herd.data.loader import IGNORE_INDEX
 from herd.errors import DataError
 from herd.posttrain.data import encode_dialog, read_jsonl
-from herd.posttrain.stage import epochs_of
 from herd.tokenizer import Tokenizer
 
 
@@ -100,16 +98,74 @@ def load_pairs(
     if not data.train:
         why = data.problems[:1]
         if data.too_long:
-            why.append(f"{data.too_long} longer than data.max_seq_len={max_seq_len}")
+            why.append(f"{data.too_long} longer than training.seq_len={max_seq_len}")
         raise DataError(f"no usable training pairs in {', '.join(files)}" + (f" ({'; '.join(why)})" if why else ""))
     return data
 
 
-def pair_batches(pairs: list[Pair], size: int, *, seed: int) -> Iterator[list[Pair]]:
-    """Micro-batches of `size` pairs, forever, in a new seeded order every epoch."""
-    order = epochs_of(len(pairs), seed=seed)
-    while True:
-        yield [pairs[next(order)] for _ in range(size)]
+@dataclass(slots=True)
+class PairBatch:
+    """A global batch of pairs, as the Trainer sees it (herd/train/objective.py): the loss is a mean over pairs."""
+
+    pairs: list[Pair]
+    index: int
+
+    @property
+    def count(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.ids) for s in self._sides())
+
+    @property
+    def seq_len(self) -> int:
+        return max((len(s.ids) for s in self._sides()), default=0)
+
+    def _sides(self) -> list[Side]:
+        return [s for p in self.pairs for s in (p.chosen, p.rejected, p.edited) if s is not None]
+
+    def shard(self, rank: int, world_size: int) -> PairBatch:
+        return PairBatch(self.pairs[rank::world_size], self.index)
+
+    def split(self, size: int) -> list[list[Pair]]:
+        size = size or len(self.pairs)
+        return [self.pairs[i : i + size] for i in range(0, len(self.pairs), size)]
+
+
+class PairSampler:
+    """Batches of `batch_size` pairs from a seeded order that changes every epoch; the position is
+    `state_dict()`, so a resumed run draws the batches an uninterrupted one would."""
+
+    def __init__(self, pairs: list[Pair], batch_size: int, *, seed: int) -> None:
+        self.pairs, self.batch_size, self.seed = pairs, batch_size, seed
+        self.epoch = self.pos = self.batches = 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return torch.randperm(len(self.pairs), generator=generator).tolist()
+
+    def next_batch(self) -> PairBatch:
+        chosen = []
+        for _ in range(self.batch_size):
+            chosen.append(self.pairs[self._order[self.pos]])
+            self.pos += 1
+            if self.pos == len(self.pairs):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._permutation()
+        batch = PairBatch(chosen, self.batches)
+        self.batches += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "pos": self.pos, "batches": self.batches, "pairs": len(self.pairs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["pairs"] != len(self.pairs):
+            raise DataError(f"the checkpoint was trained on {state['pairs']} pairs; these files hold {len(self.pairs)}")
+        self.epoch, self.pos, self.batches = state["epoch"], state["pos"], state["batches"]
+        self._order = self._permutation()
 
 
 def pad(sides: list[Side], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

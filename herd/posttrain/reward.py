@@ -1,4 +1,4 @@
-"""`herd rm`: a reward model, the transformer with a scalar head, trained on preference pairs.
+"""`herd rm`: a reward model, the transformer with a scalar head, trained on preference pairs in the one Trainer.
 
 The score of a dialog is the head applied to the final hidden state of its last token. The loss is
 Bradley-Terry on chosen vs rejected, plus edited > chosen > rejected when a pair carries an edited response
@@ -18,22 +18,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from herd.config import JobConfig
 from herd.errors import HerdError
-from herd.formats.load import load_pretrained
+from herd.formats import load_pretrained
 from herd.model import Transformer
-from herd.posttrain.config import RewardJobConfig, check
+from herd.posttrain.data import format_problems
 from herd.posttrain.losses import reward_loss
-from herd.posttrain.preference import Pair, encode_response, load_pairs, pad, pair_batches
-from herd.posttrain.stage import (
-    export,
-    load_start,
-    optimize,
-    precision,
-    total_steps,
-    write_config,
-    write_json,
-)
+from herd.posttrain.preference import Pair, PairBatch, PairData, PairSampler, encode_response, load_pairs, pad
+from herd.posttrain.stage import export_model, held_out_before, load_start, run_tokenizer, write_json
 from herd.tokenizer import Tokenizer
+from herd.train.objective import Objective, epoch_steps
+from herd.train.schedule import StepPlan
+from herd.train.trainer import Trainer
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -42,7 +38,7 @@ class RewardModel(nn.Module):
     def __init__(self, model: Transformer) -> None:
         super().__init__()
         self.model = model
-        self.head = nn.Linear(model.args.dim, 1)
+        self.head = nn.Linear(model.args.dim, 1, device=model.tok_embeddings.weight.device)
         nn.init.normal_(self.head.weight, std=model.args.dim**-0.5)
         nn.init.zeros_(self.head.bias)
 
@@ -69,8 +65,8 @@ class RewardModel(nn.Module):
         return scores
 
 
-def save_head(head: nn.Linear, directory: Path) -> None:
-    save_file({"weight": head.weight.detach().float().contiguous(), "bias": head.bias.detach().float()},
+def save_head(directory: Path, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    save_file({"weight": weight.detach().float().contiguous(), "bias": bias.detach().float().contiguous()},
               str(directory / HEAD_FILE))  # fmt: skip
     (directory / "reward.json").write_text(json.dumps({"kind": "reward_model", "head": HEAD_FILE}) + "\n")  # inside
     # the export's temporary directory, which is renamed into place as a whole
@@ -87,72 +83,105 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, Tokenizer]:
     return rm.eval(), pretrained.tokenizer
 
 
-def pair_scores(rm: RewardModel, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def pair_scores(rm: nn.Module, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Scores of chosen, rejected and (where every pair has one) edited responses, in one forward."""
     with_edit = all(p.edited is not None for p in pairs)
     sides = [p.chosen for p in pairs] + [p.rejected for p in pairs] + ([p.edited for p in pairs] if with_edit else [])
-    tokens, _, last = pad(sides, rm.head.weight.device)  # type: ignore[arg-type]
+    tokens, _, last = pad(sides, next(rm.parameters()).device)  # type: ignore[arg-type]
     scores = rm(tokens, last)
     n = len(pairs)
     return scores[:n], scores[n : 2 * n], scores[2 * n :] if with_edit else None
 
 
-@torch.no_grad()
-def pairwise_accuracy(rm: RewardModel, pairs: list[Pair], cfg: RewardJobConfig) -> float:
-    """Share of pairs whose chosen response scores above the rejected one."""
-    if not pairs:
-        return float("nan")
-    was_training = rm.training
-    rm.eval()
-    right = 0
-    for start in range(0, len(pairs), cfg.optim.micro_batch_size):
-        with precision(cfg.model, rm.head.weight.device):
-            chosen, rejected, _ = pair_scores(rm, pairs[start : start + cfg.optim.micro_batch_size])
-        right += int((chosen > rejected).sum())
-    rm.train(was_training)
-    return right / len(pairs)
+class RewardModeling(Objective):
+    """Bradley-Terry on preference pairs; the loss is a mean over pairs."""
+
+    name = "rm"
+
+    def __init__(self, cfg: JobConfig, data: PairData, tokenizer: Tokenizer) -> None:
+        self.cfg, self.data = cfg, data
+        self.sampler = PairSampler(data.train, cfg.training.batch_size, seed=cfg.job.seed)
+        self.vocab_size = tokenizer.vocab_size
+        self.tokenizer, self.tokenizer_files = run_tokenizer(tokenizer, Path(cfg.job.dump_folder))
+
+    def wrap(self, transformer: Transformer) -> nn.Module:
+        return RewardModel(transformer)
+
+    def total_steps(self, cfg: JobConfig) -> int:
+        return epoch_steps(cfg, len(self.data.train))
+
+    def longest(self, cfg: JobConfig) -> int:
+        return max(PairBatch(self.data.train + self.data.held_out, 0).seq_len, 1)
+
+    def next_batch(self, plan: StepPlan) -> PairBatch:
+        return self.sampler.next_batch()
+
+    def split(self, rows: PairBatch, plan: StepPlan) -> list[list[Pair]]:
+        return rows.split(self.cfg.training.micro_batch_size)
+
+    def loss(self, module: nn.Module, pairs: list[Pair]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # Pairs with and without an edit go through separately so every forward has one shape of pair.
+        device = next(module.parameters()).device
+        total, right = torch.zeros((), device=device), torch.zeros((), device=device)
+        for group in ([p for p in pairs if p.edited is not None], [p for p in pairs if p.edited is None]):
+            if group:
+                chosen, rejected, edit = pair_scores(module, group)
+                total = total + reward_loss(chosen, rejected, edit) * len(group)
+                right = right + (chosen > rejected).sum()
+        return total, {"accuracy": right}
+
+    @torch.no_grad()
+    def pairwise_accuracy(self, module: nn.Module) -> float:
+        """Share of held-out pairs whose chosen response scores above the rejected one."""
+        pairs = self.data.held_out
+        if not pairs:
+            return float("nan")
+        was_training = module.training
+        module.eval()
+        right, size = 0, self.cfg.training.micro_batch_size or self.cfg.training.batch_size
+        device = next(module.parameters()).device
+        for start in range(0, len(pairs), size):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.model.dtype == "bfloat16"):
+                chosen, rejected, _ = pair_scores(module, pairs[start : start + size])
+            right += int((chosen > rejected).sum())
+        module.train(was_training)
+        return right / len(pairs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
 
 
-def run_rm(cfg: RewardJobConfig) -> dict[str, Any]:
-    check(cfg)
-    run_dir = Path(cfg.job.dump_folder)
-    model, tokenizer = load_start(cfg.model, seed=cfg.job.seed)
-    data = load_pairs(cfg.data.train, tokenizer, on_error=cfg.data.on_error, max_seq_len=cfg.data.max_seq_len,
+def run_rm(cfg: JobConfig) -> dict[str, Any]:
+    start = load_start(cfg)
+    data = load_pairs(cfg.data.files, start.tokenizer, on_error=cfg.data.on_error, max_seq_len=cfg.training.seq_len,
                       eval_fraction=cfg.data.eval_fraction, seed=cfg.job.seed, content_only=False,
                       use_edited=cfg.rm.margin_edited)  # fmt: skip
-    write_config(run_dir, cfg)
-    torch.manual_seed(cfg.job.seed)
-    rm = RewardModel(model)
-    before = pairwise_accuracy(rm, data.held_out, cfg)
-    steps = total_steps(cfg.optim, len(data.train))
+    objective = RewardModeling(cfg, data, start.tokenizer)
+    trainer = Trainer(cfg, objective, command="rm", initial=start.model)
+    before = held_out_before(trainer, lambda: objective.pairwise_accuracy(trainer.model))
+    result = trainer.train()
+    after = objective.pairwise_accuracy(trainer.model)
 
-    def micro_batches():
-        return pair_batches(data.train, cfg.optim.micro_batch_size, seed=cfg.job.seed)
+    def head(tmp: Path, weights: dict[str, torch.Tensor]) -> None:
+        save_head(tmp, weights["head.weight"], weights["head.bias"])
 
-    def loss_fn(pairs: list[Pair], accumulation: int) -> tuple[torch.Tensor, dict[str, float]]:
-        # Pairs with and without an edit go through separately so every forward has one shape of pair.
-        edited = [p for p in pairs if p.edited is not None]
-        plain = [p for p in pairs if p.edited is None]
-        total, right = torch.zeros(()), 0
-        for group in (edited, plain):
-            if not group:
-                continue
-            with precision(cfg.model, rm.head.weight.device):
-                chosen, rejected, edit = pair_scores(rm, group)
-            total = total + reward_loss(chosen, rejected, edit) * len(group)
-            right += int((chosen > rejected).sum())
-        loss = total / len(pairs)
-        return loss / accumulation, {"loss": float(loss.detach()), "accuracy": right / len(pairs)}
-
-    records = optimize(list(rm.parameters()), cfg.optim, steps=steps, micro_batches=micro_batches, loss_fn=loss_fn,
-                       run_dir=run_dir, name="rm")  # fmt: skip
-    after = pairwise_accuracy(rm, data.held_out, cfg)
-    out = export(rm.model, tokenizer, run_dir / "model", dtype=cfg.model.export_dtype,
-                 assets=lambda tmp: save_head(rm.head, tmp))  # fmt: skip
+    out = export_model(trainer, start.tokenizer, trainer.run_dir / "model", dtype=cfg.model.export_dtype,
+                       prefix="model.", assets=head)  # fmt: skip
     summary = {"train_pairs": len(data.train), "held_out_pairs": len(data.held_out),
-               "skipped_lines": len(data.problems),
-               "problems": data.problems[:20], "too_long": data.too_long, "steps": steps,
-               "final_loss": records[-1]["loss"], "held_out_accuracy_before": before,
-               "held_out_accuracy_after": after, "model": str(out)}  # fmt: skip
-    write_json(run_dir / "summary.json", summary)
+               "skipped_lines": len(data.problems), "problems": data.problems[:20], "too_long": data.too_long,
+               "steps": result["steps"], "final_loss": result["final_loss"], "held_out_accuracy_before": before,
+               "held_out_accuracy_after": after, "model": str(out), "seconds": result["seconds"]}  # fmt: skip
+    if trainer.rank == 0:
+        write_json(trainer.run_dir / "summary.json", summary)
+    trainer.shutdown()
     return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    return "\n".join([*format_problems(s["problems"]), (
+        f"done: {s['steps']} steps on {s['train_pairs']} pairs; held-out pairwise accuracy "
+        f"{s['held_out_accuracy_before']:.3f} -> {s['held_out_accuracy_after']:.3f} ({s['held_out_pairs']} pairs); "
+        f"model {s['model']}")])  # fmt: skip

@@ -1,29 +1,30 @@
 """`herd round`: one Llama 3-style post-training round, end to end, with held-out metrics before and after.
 
-    synth (tool dialogs, tasks, probed facts, fact pairs) -> eval(start) -> SFT -> rejection sampling from the
-    SFT model (K samples per prompt, scored by their checkers; best kept, best-vs-worst pairs) -> reward model on
-    those pairs and the fact pairs -> DPO from the SFT model on the same -> eval(SFT), eval(DPO)
-    [-> model averaging of SFT and DPO -> eval(average), with round.average]
+    synth (tool dialogs, tasks, probed facts, fact pairs) -> eval(start) -> SFT -> reward model (from the SFT
+    model, on synth's preference pairs) -> rejection sampling from the SFT model (K samples per prompt, ranked by
+    their checkers and the reward model; best kept, best-vs-worst pairs) -> DPO from the SFT model on those pairs
+    and synth's -> eval(SFT), eval(DPO) [-> model averaging of SFT and DPO -> eval(average), with round.average]
 
-Each stage reads its hyperparameters from its own config file (`round.*_config`); the round only wires the
-artifacts between them (data files, init_from, run directories under `round.dump_folder`). Finished stages are
-skipped when the round is run again (their summary.json / model directory is there), so an interrupted round
-resumes at the stage it was in.
+Llama 3's order: the reward model is trained before rejection sampling, which ranks with it. Each stage reads its
+hyperparameters from its own config file (`round.*_config`); the round composes them in Python, setting only
+where each reads and writes (run directories under job.dump_folder, init_from, data files). Finished stages are
+skipped when the round is run again (their summary.json / model directory is there), and a stage killed midway
+resumes from its last checkpoint, so an interrupted round resumes where it was.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from herd.config import load
+from herd.config import JobConfig, check, load
 from herd.posttrain.stage import write_json
-from herd.posttrain.synth import SynthSection, evaluate, run_synth
+from herd.posttrain.synth import evaluate, run_synth
 
 EVAL_METRICS = (
     ("tool_call_valid", "tool-call validity"),
@@ -35,46 +36,39 @@ EVAL_METRICS = (
 )
 
 
-@dataclass(kw_only=True, slots=True)
-class RoundSection:
-    dump_folder: str = "runs/round"
-    init_from: str = ""
-    """The model the round starts from: empty for the embedded smollm2-135m-instruct, an HF/Meta dir or a .gguf."""
-    seed: int = 0
-    sft_config: str = "configs/posttrain/sft.toml"
-    rs_config: str = "configs/posttrain/rs.toml"
-    rm_config: str = "configs/posttrain/rm.toml"
-    dpo_config: str = "configs/posttrain/dpo.toml"
-    eval_max_new_tokens: int = 48
-    average: bool = False
-    """Also average the SFT and DPO models (`herd ckpt average`) and evaluate the average. Off by default: on the
-    shipped round the average takes back part of what DPO's answer-over-refusal pairs fixed (README)."""
+STAGES = ("sft", "rm", "rs", "dpo")
 
 
-@dataclass(kw_only=True, slots=True)
-class RoundJobConfig:
-    round: RoundSection = field(default_factory=RoundSection)
-    synth: SynthSection = field(default_factory=SynthSection)
+def stage_configs(cfg: JobConfig) -> dict[str, JobConfig]:
+    """Each stage's config from its file (round.sft_config ...); read up front, so a typo fails in the first second."""
+    r = cfg.round
+    paths = {"sft": r.sft_config, "rm": r.rm_config, "rs": r.rs_config, "dpo": r.dpo_config}
+    return {name: load(name, paths[name]) for name in STAGES}
 
 
-def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
-    from herd.formats.load import load_pretrained
-    from herd.posttrain.config import DPOJobConfig, RejectionJobConfig, RewardJobConfig
+def wire(command: str, stage: JobConfig, *, run_dir: Path, init_from: str, files: list[str], **rs: Any) -> JobConfig:
+    """`stage` reading `files`, starting from `init_from` and writing into `run_dir` (and rs's reward model),
+    checked as `herd <command>` checks its config."""
+    out = replace(stage, job=replace(stage.job, dump_folder=str(run_dir)),
+                  model=replace(stage.model, init_from=init_from), data=replace(stage.data, files=files))  # fmt: skip
+    out = replace(out, rs=replace(out.rs, **rs)) if rs else out
+    check(out, command)
+    return out
+
+
+def run_round(cfg: JobConfig, stages: dict[str, JobConfig] | None = None) -> dict[str, Any]:
+    """`stages` replaces the stage configs read from round.*_config (composition from Python)."""
+    from herd.formats import load_pretrained
     from herd.posttrain.dpo import run_dpo
     from herd.posttrain.rejection import run_rs
     from herd.posttrain.reward import run_rm
     from herd.posttrain.sft import run_sft
     from herd.train.average import average_to
-    from herd.train.config import TrainJobConfig
 
-    r = cfg.round
-    root = Path(r.dump_folder)
+    r, init_from = cfg.round, cfg.model.init_from
+    root = Path(cfg.job.dump_folder)
     root.mkdir(parents=True, exist_ok=True)
-    # Stage configs are read up front, so a typo fails the round in its first second.
-    stage_cfgs = {
-        "sft": load(TrainJobConfig, r.sft_config), "rs": load(RejectionJobConfig, r.rs_config),
-        "rm": load(RewardJobConfig, r.rm_config), "dpo": load(DPOJobConfig, r.dpo_config),
-    }  # fmt: skip
+    stages = stages or stage_configs(cfg)
     times: dict[str, float] = {}
     t_round = time.perf_counter()
 
@@ -87,15 +81,14 @@ def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
 
     def for_sampling(model: str):
         # Probing and evaluation decode on bf16 weights: about twice the speed of float32 on CPU.
-        return load_pretrained(model or None, dtype=torch.bfloat16)
+        return load_pretrained(model, dtype=torch.bfloat16)
 
     start = None  # loaded only for what a resumed round still has to do
     synth_dir = root / "synth"
     if not (synth_dir / "summary.json").is_file():
-        start = for_sampling(r.init_from)
-        s = cfg.synth
-        s.output, s.model, s.seed = str(synth_dir), r.init_from, r.seed
-        timed("synth", run_synth, s, model=start.model, tokenizer=start.tokenizer)
+        start = for_sampling(init_from)
+        synth_cfg = replace(cfg, job=replace(cfg.job, dump_folder=str(synth_dir)))
+        timed("synth", run_synth, synth_cfg, model=start.model, tokenizer=start.tokenizer)
     items = [json.loads(line) for line in (synth_dir / "eval.jsonl").read_text().splitlines()]
     results: dict[str, dict[str, Any]] = {}
 
@@ -108,35 +101,28 @@ def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
             write_json(path, metrics)
         results[name] = json.loads(path.read_text())
 
-    eval_model("start", r.init_from, start)
+    eval_model("start", init_from, start)
     del start
 
-    def stage(name: str, cfg_obj, run, updates: dict[str, Any]) -> Path:
-        out_dir = root / name
-        if not (out_dir / "model").is_dir() and not (out_dir / "summary.json").is_file():
-            for key, value in updates.items():
-                section, attr = key.split(".")
-                setattr(getattr(cfg_obj, section), attr, value)
-            timed(name, run, cfg_obj)
+    def stage(name: str, run, stage_cfg: JobConfig) -> Path:
+        out_dir = Path(stage_cfg.job.dump_folder)
+        if not (out_dir / "summary.json").is_file():
+            timed(name, run, stage_cfg)
         return out_dir
 
-    sft = stage("sft", stage_cfgs["sft"], run_sft, {
-        "job.dump_folder": str(root / "sft"), "posttrain.init_from": r.init_from,
-        "posttrain.sft_data": [str(synth_dir / "sft.jsonl")],
-    })  # fmt: skip
-    rs = stage("rs", stage_cfgs["rs"], run_rs, {
-        "job.dump_folder": str(root / "rs"), "model.init_from": str(sft / "model"),
-        "data.train": [str(synth_dir / "prompts.jsonl")], "rs.output": str(root / "rs" / "rs.jsonl"),
-    })  # fmt: skip
-    # Rejection-sampled pairs plus the fact pairs synth wrote in both directions (refusal > wrong answer, answer >
-    # refusal), without which DPO learns only to refuse more.
-    pairs = [str(rs / "rs_pairs.jsonl"), str(synth_dir / "pairs.jsonl")]
-    stage("rm", stage_cfgs["rm"], run_rm, {
-        "job.dump_folder": str(root / "rm"), "model.init_from": str(sft / "model"), "data.train": pairs,
-    })  # fmt: skip
-    dpo = stage("dpo", stage_cfgs["dpo"], run_dpo, {
-        "job.dump_folder": str(root / "dpo"), "model.init_from": str(sft / "model"), "data.train": pairs,
-    })  # fmt: skip
+    sft = stage("sft", run_sft, wire("sft", stages["sft"], run_dir=root / "sft", init_from=init_from,
+                                     files=[str(synth_dir / "sft.jsonl")]))  # fmt: skip
+    # The reward model learns from synth's fact pairs (refusal > wrong answer where the model does not know,
+    # answer > refusal where it does), then ranks rejection samples together with each prompt's checker.
+    rm = stage("rm", run_rm, wire("rm", stages["rm"], run_dir=root / "rm", init_from=str(sft / "model"),
+                                  files=[str(synth_dir / "pairs.jsonl")]))  # fmt: skip
+    rs = stage("rs", run_rs, wire("rs", stages["rs"], run_dir=root / "rs", init_from=str(sft / "model"),
+                                  files=[str(synth_dir / "prompts.jsonl")],
+                                  reward_model=str(rm / "model")))  # fmt: skip
+    # Rejection-sampled pairs plus the fact pairs synth wrote in both directions, without which DPO learns only to
+    # refuse more.
+    dpo = stage("dpo", run_dpo, wire("dpo", stages["dpo"], run_dir=root / "dpo", init_from=str(sft / "model"),
+                                     files=[str(rs / "rs_pairs.jsonl"), str(synth_dir / "pairs.jsonl")]))  # fmt: skip
     for name, path in (("sft", sft / "model"), ("dpo", dpo / "model")):
         eval_model(name, str(path))
     if r.average:
@@ -147,8 +133,7 @@ def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
 
     summary = {"metrics": {name: {k: v for k, v in m.items() if k != "responses"} for name, m in results.items()},
                "seconds": times, "total_s": round(time.perf_counter() - t_round, 1),
-               "rm": _summary(root / "rm"), "dpo": _summary(root / "dpo"), "rs": _summary(root / "rs"),
-               "synth": _summary(synth_dir)}  # fmt: skip
+               "rm": _summary(rm), "dpo": _summary(dpo), "rs": _summary(rs), "synth": _summary(synth_dir)}  # fmt: skip
     write_json(root / "round.json", summary)
     return summary
 
@@ -156,6 +141,20 @@ def run_round(cfg: RoundJobConfig) -> dict[str, Any]:
 def _summary(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def format_done(summary: dict[str, Any]) -> str:
+    """How long each stage took, the reward model's and rejection sampling's figures, and the metrics table."""
+    s = summary
+    stages = ", ".join(f"{k} {v:.0f}s" for k, v in s["seconds"].items())
+    lines = [f"round done in {s['total_s']:.0f}s (stages: {stages})"]
+    if s["rm"]:
+        lines.append(f"reward model: held-out pairwise accuracy {s['rm']['held_out_accuracy_before']:.3f} -> "
+                     f"{s['rm']['held_out_accuracy_after']:.3f} on {s['rm']['held_out_pairs']} pairs")  # fmt: skip
+    if "rm_checker_agreement" in s["rs"]:
+        lines.append(f"rejection sampling: the reward model orders {s['rs']['rm_checker_agreement']:.3f} of "
+                     f"{s['rs']['rm_checker_pairs']} sample pairs as the checkers do")  # fmt: skip
+    return "\n".join([*lines, format_round(s)])
 
 
 def format_round(summary: dict[str, Any]) -> str:

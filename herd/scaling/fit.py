@@ -27,6 +27,7 @@ import math
 import os
 import warnings as pywarnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, SupportsFloat, overload
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
@@ -34,6 +35,9 @@ from scipy.special import expit
 
 from herd.errors import HerdError
 from herd.fileio import atomic_file
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SIGMOID_PARAMS = ("lower", "upper", "midpoint", "slope")
 LAWS = ("n_opt", "tokens_opt", "loss_opt", "task_nll", "curvature")
@@ -61,10 +65,16 @@ def _label(budget: float) -> str:
     return f"{budget:.3g}"
 
 
-def _num(value: object) -> float:
+def _num(value: SupportsFloat | str | None) -> float:
     return float("nan") if value is None else float(value)
 
 
+@overload
+def _clean(obj: dict) -> dict: ...
+@overload
+def _clean(obj: list | tuple) -> list: ...
+@overload
+def _clean(obj: object) -> object: ...
 def _clean(obj: object) -> object:
     """Plain JSON types, with NaN and inf as None (JSON has no NaN)."""
     if isinstance(obj, dict):
@@ -393,7 +403,8 @@ def fit_sweep(manifest: dict, *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int =
     for run in runs:
         groups.setdefault(float(run["budget"]), []).append(run)
     groups = dict(sorted(groups.items()))
-    optima, skipped = [], []
+    optima: list[dict] = []
+    skipped: list[dict[str, Any]] = []
     for budget, group in groups.items():
         try:
             opt = _fit_budget(budget, group)
@@ -578,7 +589,7 @@ def _holdout(manifest: dict, fit: dict) -> list[dict]:
     return out
 
 
-def _save(fig: object, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     return path
@@ -646,13 +657,14 @@ def plot_fit(manifest: dict, fit: dict, out_dir: Path) -> list[Path]:
     ax = fig.add_subplot(1, 2, 1)
     law = fit["laws"].get("task_nll")
     if law is not None:
-        pts = [b for b in fit["budgets"] if b["task_nll_opt"] is not None]
-        ax.scatter([b["budget"] for b in pts], [b["task_nll_opt"] for b in pts], color="C0", zorder=3)
+        with_nll = [b for b in fit["budgets"] if b["task_nll_opt"] is not None]
+        ax.scatter([b["budget"] for b in with_nll], [b["task_nll_opt"] for b in with_nll], color="C0", zorder=3)
         ax.plot(cs, [_law_value(law, c) for c in cs], color="C1", label=describe_law(law))
-        held = [(float(r["budget"]), _num(r.get("task_nll"))) for r in done if r.get("holdout")]
-        held = [h for h in held if math.isfinite(h[1])]
-        if held:
-            ax.scatter(*zip(*held, strict=True), marker="D", s=40, color="C3", edgecolors="k", label="holdout runs")
+        held_nll = [(float(r["budget"]), _num(r.get("task_nll"))) for r in done if r.get("holdout")]
+        held_nll = [h for h in held_nll if math.isfinite(h[1])]
+        if held_nll:
+            ax.scatter([h[0] for h in held_nll], [h[1] for h in held_nll], marker="D", s=40, color="C3",
+                       edgecolors="k", label="holdout runs")  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.legend()

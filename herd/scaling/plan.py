@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from herd.model.args import PRESETS, count_params, flops_per_token
 from herd.parallel.dims import ParallelDims
@@ -157,6 +158,7 @@ def make_plan(
     counts = count_params(args)
     per_token = flops_per_token(args, seq_len)
     total = counts["total"]
+    assert args.head_dim is not None  # derived in ModelArgs.__post_init__
     attention = 3 * 4 * args.n_layers * seq_len * args.n_heads * args.head_dim
     preset = {
         "name": preset_name,
@@ -199,7 +201,7 @@ def make_plan(
         "activation_checkpoint": "selective",
     }
 
-    plan = {
+    plan: dict[str, Any] = {
         "flops": c,
         "flops_source": source,
         "law": law_info,

@@ -18,21 +18,20 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from herd.config import ConfigError, load
+from herd.config import JobConfig, SweepSize, defaults
 from herd.data.loader import MixLoader
-from herd.data.pack import PackConfig, input_files, pack, read_records
+from herd.data.pack import input_files, pack, read_records
 from herd.errors import HerdError
 from herd.fileio import atomic_file
 from herd.model import count_params, document_mask, document_positions, flops_per_token, get_preset
 from herd.scaling.task import build_items, evaluate
 from herd.tokenizer import load_tokenizer
-from herd.train.config import TrainJobConfig
 
 MANIFEST = "manifest.json"
 FLOPS_FORMULA = (
@@ -43,54 +42,6 @@ FLOPS_FORMULA = (
 )
 
 
-@dataclass(kw_only=True, slots=True)
-class SweepSize:
-    dim: int
-    n_layers: int
-    n_heads: int = 0
-    """0 means dim // 16 (head width 16)."""
-    n_kv_heads: int = 0
-    """0 means half the query heads (at least 1)."""
-
-
-def _default_sizes() -> list[SweepSize]:
-    return [SweepSize(dim=d, n_layers=n) for d, n in ((32, 2), (48, 2), (64, 3), (96, 4), (128, 4))]
-
-
-@dataclass(kw_only=True, slots=True)
-class SweepSection:
-    output: str = "runs/scaling/tiny"
-    """Run directory: manifest.json, data/, runs/<name>/, and (from `herd scaling fit`) fit.json and plots."""
-    input: list[str] = field(default_factory=lambda: ["runs/curate/kept"])
-    """jsonl documents (a text field, optional source), as for `herd data pack`."""
-    tokenizer: str = "runs/tok/tokenizer.model"
-    source_field: str = "domain"
-    val_fraction: float = 0.05
-    """Share of documents held out for validation loss and the downstream task."""
-    budgets: list[float] = field(default_factory=lambda: [6e11, 1.2e12, 2.4e12])
-    """Training FLOPs per IsoFLOP curve (herd's FLOPs count, attention included)."""
-    holdout_budget: float = 6e12
-    """A larger budget trained after the sweep at the fit's predicted optimal shape; 0 = none."""
-    sizes: list[SweepSize] = field(default_factory=_default_sizes)
-    """Model shapes trained at every budget (the vocabulary comes from the tokenizer)."""
-    seq_len: int = 256
-    batch_tokens: int = 4096
-    lr: float = 3e-3
-    warmup_fraction: float = 0.1
-    min_lr_ratio: float = 0.1
-    eval_batches: int = 16
-    """Validation batches (of batch_tokens) for the validation loss."""
-    task_items: int = 300
-    task_distractors: str = "other"
-    """Where the task's wrong answers come from: other (other sources), any, or same (the same source)."""
-    seed: int = 0
-
-
-@dataclass(kw_only=True, slots=True)
-class ScalingJobConfig:
-    scaling: SweepSection = field(default_factory=SweepSection)
-
-
 class SweepError(HerdError):
     """A sweep that cannot run: bad settings, missing data, a run directory from another sweep."""
 
@@ -99,21 +50,21 @@ def _say(message: str) -> None:
     print(message, flush=True)  # a sweep's log is often a file: show each run as it ends
 
 
-def run_sweep(cfg: SweepSection, *, progress: bool = False, log=_say) -> dict[str, Any]:
+def run_sweep(cfg: JobConfig, *, progress: bool = False, log=_say) -> dict[str, Any]:
     """Train every (budget, size) not yet in the manifest, then the held-out run; returns the manifest."""
-    _check(cfg)
-    out = Path(cfg.output)
+    s = cfg.scaling
+    out = Path(cfg.job.dump_folder)
     out.mkdir(parents=True, exist_ok=True)
     train_dir, val_dir, val_docs = prepare_data(cfg, out)
-    items = build_items(val_docs, num_items=cfg.task_items, distractors=cfg.task_distractors, seed=cfg.seed)
+    items = build_items(val_docs, num_items=s.task_items, distractors=s.task_distractors, seed=cfg.job.seed)
     manifest = _open_manifest(cfg, out)
     vocab = MixLoader([str(train_dir)]).vocab_size
 
-    plan = [(budget, size, False) for budget in cfg.budgets for size in cfg.sizes]
+    plan = [(budget, size, False) for budget in s.budgets for size in s.sizes]
     from rich.progress import Progress
 
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("sweep", total=len(plan) + (1 if cfg.holdout_budget else 0))
+        task = bar.add_task("sweep", total=len(plan) + (1 if s.holdout_budget else 0))
         for budget, size, holdout in plan:
             name = run_name(budget, size)
             bar.update(task, description=f"sweep {name}")
@@ -122,46 +73,69 @@ def run_sweep(cfg: SweepSection, *, progress: bool = False, log=_say) -> dict[st
                 _store(manifest, record, out)
                 log(_line(record))
             bar.advance(task)
-        if cfg.holdout_budget:
+        if s.holdout_budget:
             size = holdout_size(cfg, manifest, vocab, log=log)
-            name = run_name(cfg.holdout_budget, size)
+            name = run_name(s.holdout_budget, size)
             bar.update(task, description=f"held-out run {name}")
             if not _done(manifest, name):
-                record = train_run(cfg, out, train_dir, val_dir, items, cfg.holdout_budget, size, vocab, holdout=True)
+                record = train_run(cfg, out, train_dir, val_dir, items, s.holdout_budget, size, vocab, holdout=True)
                 _store(manifest, record, out)
                 log(_line(record) + "  (held out)")
             bar.advance(task)
     return manifest
 
 
-def prepare_data(cfg: SweepSection, out: Path) -> tuple[Path, Path, list[tuple[str, list[int]]]]:
+def format_sweep_start(cfg: JobConfig) -> str:
+    """What `herd scaling sweep` prints before the runs: how many, and where they go."""
+    s = cfg.scaling
+    runs = len(s.budgets) * len(s.sizes) + (1 if s.holdout_budget else 0)
+    holdout = " + 1 held-out run" if s.holdout_budget else ""
+    return (
+        f"herd scaling sweep: {len(s.budgets)} budgets x {len(s.sizes)} shapes{holdout} ({runs} runs) "
+        f"-> {cfg.job.dump_folder}"
+    )
+
+
+def format_sweep_done(cfg: JobConfig, manifest: dict[str, Any], seconds: float) -> str:
+    """What `herd scaling sweep` prints after `run_sweep` returned `manifest`: the runs, the failed ones, what next."""
+    failed = [r["name"] for r in manifest["runs"] if r.get("status") != "done"]
+    failures = f"; failed: {', '.join(failed)}" if failed else ""
+    return (
+        f"done in {seconds:.0f}s: {len(manifest['runs'])} runs in {cfg.job.dump_folder}/manifest.json{failures}\n"
+        f"next: herd scaling fit {cfg.job.dump_folder}"
+    )
+
+
+def prepare_data(cfg: JobConfig, out: Path) -> tuple[Path, Path, list[tuple[str, list[int]]]]:
     """Split the input documents by a hash of their text, pack both splits; the held-out documents, tokenized."""
     data = out / "data"
     data.mkdir(exist_ok=True)
     splits: dict[str, list[str]] = {"train": [], "val": []}
     held: list[tuple[str, str]] = []
-    for record, _ in read_records(input_files(cfg.input), [], False):
+    p, fraction = cfg.pack, cfg.scaling.val_fraction
+    for record, _ in read_records(input_files(p.input), [], False):
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
             continue
-        meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-        source = str(record.get(cfg.source_field, meta.get(cfg.source_field, "default")))
-        val = zlib.crc32(text.encode()) % 10_000 < cfg.val_fraction * 10_000
+        meta = m if isinstance(m := record.get("metadata"), dict) else {}
+        source = str(record.get(p.source_field, meta.get(p.source_field, "default")))
+        val = zlib.crc32(text.encode()) % 10_000 < fraction * 10_000
         splits["val" if val else "train"].append(json.dumps({"text": text, "source": source}))
         if val:
             held.append((source, text))
     if len(held) < 8 or not splits["train"]:
-        raise SweepError(f"{', '.join(cfg.input)}: too few documents to hold out {cfg.val_fraction:.0%} (got "
+        raise SweepError(f"{', '.join(p.input)}: too few documents to hold out {fraction:.0%} (got "
                          f"{len(held)} held out of {len(held) + len(splits['train'])})")  # fmt: skip
     dirs = []
     for split, lines in splits.items():
         with atomic_file(data / f"{split}.jsonl", "w") as f:
             f.write("\n".join(lines) + "\n")
         pack_dir = data / f"{split}-shards"
-        pack(PackConfig(input=[str(data / f"{split}.jsonl")], output=str(pack_dir), tokenizer=cfg.tokenizer,
-                        shard_tokens=1 << 22))  # fmt: skip
+        # The split files name each document's source in "source", whatever field the input used.
+        pack(replace(defaults("pack").pack, input=[str(data / f"{split}.jsonl")], tokenizer=p.tokenizer,
+                     shard_tokens=1 << 22), pack_dir)  # fmt: skip
         dirs.append(pack_dir)
-    tokenizer = load_tokenizer(None if cfg.tokenizer == "llama3" else cfg.tokenizer)
+    tokenizer = load_tokenizer(None if p.tokenizer == "llama3" else p.tokenizer)
     return dirs[0], dirs[1], [(source, tokenizer.encode(text)) for source, text in held]
 
 
@@ -169,45 +143,50 @@ def run_name(budget: float, size: SweepSize) -> str:
     return f"b{budget:.2g}-d{size.dim}-l{size.n_layers}"
 
 
-def model_shape(size: SweepSize, vocab: int, seq_len: int):
+def model_shape(size: SweepSize, vocab: int, seq_len: int, *, preset: str = "tiny"):
     heads = size.n_heads or max(1, size.dim // 16)
     kv = size.n_kv_heads or max(1, heads // 2)
-    return get_preset("tiny").replace(dim=size.dim, n_layers=size.n_layers, n_heads=heads, n_kv_heads=kv,
+    return get_preset(preset).replace(dim=size.dim, n_layers=size.n_layers, n_heads=heads, n_kv_heads=kv,
                                       vocab_size=vocab, max_seq_len=seq_len, multiple_of=16)  # fmt: skip
 
 
 def train_run(
-    cfg: SweepSection, out: Path, train_dir: Path, val_dir: Path, items, budget: float, size: SweepSize, vocab: int,
+    cfg: JobConfig, out: Path, train_dir: Path, val_dir: Path, items, budget: float, size: SweepSize, vocab: int,
     *, holdout: bool,
 ) -> dict[str, Any]:  # fmt: skip
     from herd.train.trainer import Trainer
 
-    args = model_shape(size, vocab, cfg.seq_len)
-    per_token = flops_per_token(args, cfg.seq_len)["train"]
-    steps = max(2, round(budget / per_token / cfg.batch_tokens))
+    t = cfg.training
+    args = model_shape(size, vocab, t.seq_len, preset=cfg.model.preset)
+    per_token = flops_per_token(args, t.seq_len)["train"]
+    steps = max(2, round(budget / per_token / t.batch_tokens))
     name = run_name(budget, size)
     record: dict[str, Any] = {
         "name": name, "budget": budget, "holdout": holdout, "dim": args.dim, "n_layers": args.n_layers,
         "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads, "params": count_params(args)["total"],
         "n": int(flops_per_token(args, 0)["matmul_params"]), "flops_per_token": per_token,
-        "tokens": steps * cfg.batch_tokens, "flops": per_token * steps * cfg.batch_tokens, "steps": steps,
+        "tokens": steps * t.batch_tokens, "flops": per_token * steps * t.batch_tokens, "steps": steps,
     }  # fmt: skip
-    job = load(TrainJobConfig, None, [
-        f"job.dump_folder={json.dumps(str(out / 'runs' / name))}", f"job.seed={cfg.seed}",
-        f"data.shards=[{json.dumps(str(train_dir))}]", "model.preset='tiny'", f"model.dim={args.dim}",
-        f"model.n_layers={args.n_layers}", f"model.n_heads={args.n_heads}", f"model.n_kv_heads={args.n_kv_heads}",
-        f"model.multiple_of={args.multiple_of}", f"training.steps={steps}", f"training.seq_len={cfg.seq_len}",
-        f"training.batch_tokens={cfg.batch_tokens}", f"optim.lr={cfg.lr}",
-        f"lr_schedule.warmup_steps={min(steps - 1, max(1, round(cfg.warmup_fraction * steps)))}",
-        f"lr_schedule.min_lr_ratio={cfg.min_lr_ratio}", "checkpoint.interval=0", "checkpoint.keep_last=1",
-        "metrics.tensorboard=false", "metrics.log_interval=0", "metrics.peak_tflops=1.0", "metrics.progress=false",
-    ])  # fmt: skip
+    base = defaults("train")
+    job = replace(
+        base,
+        job=replace(base.job, dump_folder=str(out / "runs" / name), seed=cfg.job.seed),
+        data=replace(base.data, shards=[str(train_dir)]),
+        model=replace(base.model, preset=cfg.model.preset, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                      n_kv_heads=args.n_kv_heads, multiple_of=args.multiple_of),
+        training=replace(base.training, steps=steps, seq_len=t.seq_len, batch_tokens=t.batch_tokens, device=t.device),
+        optim=cfg.optim,
+        lr_schedule=replace(cfg.lr_schedule,
+                            warmup_steps=min(steps - 1, max(1, round(cfg.scaling.warmup_fraction * steps)))),
+        checkpoint=replace(base.checkpoint, interval=0, keep_last=1),
+        metrics=replace(base.metrics, tensorboard=False, log_interval=0, peak_tflops=1.0, progress=False),
+    )  # fmt: skip
     start = time.perf_counter()
     try:
         trainer = Trainer(job)
         trainer.train()
         record["val_loss"] = validation_loss(trainer.model, val_dir, cfg)
-        record.update(evaluate(trainer.model, items))
+        record.update(evaluate(trainer.transformer, items))  # trainer.model itself: pretraining wraps nothing
         record["status"] = "done"
     except (HerdError, RuntimeError) as e:  # a run that fails is recorded, not fatal to the sweep
         record.update(status="failed", error=str(e).splitlines()[0][:300], val_loss=math.nan)
@@ -216,63 +195,66 @@ def train_run(
 
 
 @torch.no_grad()
-def validation_loss(model, val_dir: Path, cfg: SweepSection) -> float:
+def validation_loss(model, val_dir: Path, cfg: JobConfig) -> float:
     """Mean NLL per target token over the same `eval_batches` held-out batches for every run."""
-    from herd.train.trainer import summed_cross_entropy
+    from herd.train.objective import summed_cross_entropy
 
-    loader = MixLoader([str(val_dir)], seed=1234, chunk_tokens=cfg.seq_len + 1)
+    seq_len, batch_tokens = cfg.training.seq_len, cfg.training.batch_tokens
+    loader = MixLoader([str(val_dir)], seed=1234, chunk_tokens=seq_len + 1)
+    device = next(model.parameters()).device
     model.eval()
     total, count = 0.0, 0
-    for _ in range(cfg.eval_batches):
-        b = loader.next_batch(cfg.batch_tokens // cfg.seq_len, cfg.seq_len)
-        logits = model(b.tokens, positions_BT=document_positions(b.doc_ids), mask=document_mask(b.doc_ids))
-        total += float(summed_cross_entropy(logits, b.targets))
+    for _ in range(cfg.scaling.eval_batches):
+        b = loader.next_batch(batch_tokens // seq_len, seq_len)
+        doc_ids = b.doc_ids.to(device)
+        logits = model(b.tokens.to(device), positions_BT=document_positions(doc_ids), mask=document_mask(doc_ids))
+        total += float(summed_cross_entropy(logits, b.targets.to(device)))
         count += b.num_targets
     model.train()
     return total / count
 
 
-def holdout_size(cfg: SweepSection, manifest: dict[str, Any], vocab: int, *, log=_say) -> SweepSize:
+def holdout_size(cfg: JobConfig, manifest: dict[str, Any], vocab: int, *, log=_say) -> SweepSize:
     """The sweep shape whose N is nearest (in log) to the fitted optimum at the held-out budget."""
     from herd.scaling.fit import fit_sweep, predict
 
+    s = cfg.scaling
     fit = fit_sweep(manifest)
     for warning in fit.get("warnings", []):
         log(f"warning: {warning}")
-    target = predict(fit, cfg.holdout_budget)["n"]
-    sizes = {run_name(cfg.holdout_budget, s): s for s in cfg.sizes}
-    best = min(sizes.values(),
-               key=lambda s: abs(math.log(flops_per_token(model_shape(s, vocab, cfg.seq_len), 0)["matmul_params"])
-                                 - math.log(target)))  # fmt: skip
-    log(f"held-out budget {cfg.holdout_budget:.2g}: the fit puts the optimum at N = {target:,.0f}; training "
+    target = predict(fit, s.holdout_budget)["n"]
+
+    def distance(size: SweepSize) -> float:
+        args = model_shape(size, vocab, cfg.training.seq_len, preset=cfg.model.preset)
+        return abs(math.log(flops_per_token(args, 0)["matmul_params"]) - math.log(target))
+
+    best = min(s.sizes, key=distance)
+    log(f"held-out budget {s.holdout_budget:.2g}: the fit puts the optimum at N = {target:,.0f}; training "
         f"dim {best.dim}, {best.n_layers} layers")  # fmt: skip
     return best
 
 
-def _check(cfg: SweepSection) -> None:
-    if len(cfg.sizes) < 3:
-        raise ConfigError(f"scaling.sizes has {len(cfg.sizes)} shapes; an IsoFLOP parabola needs at least 3")
-    if len(cfg.budgets) < 2:
-        raise ConfigError(f"scaling.budgets has {len(cfg.budgets)} budgets; a power law needs at least 2")
-    if any(b <= 0 for b in cfg.budgets) or cfg.holdout_budget < 0:
-        raise ConfigError(f"scaling.budgets must be positive FLOP counts, got {cfg.budgets}")
-    if not 0 < cfg.val_fraction < 0.5:
-        raise ConfigError(f"scaling.val_fraction={cfg.val_fraction} must be in (0, 0.5)")
-    if cfg.batch_tokens % cfg.seq_len:
-        raise ConfigError(f"scaling.batch_tokens={cfg.batch_tokens} is not a multiple of seq_len={cfg.seq_len}")
-
-
-def _open_manifest(cfg: SweepSection, out: Path) -> dict[str, Any]:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("output", "budgets", "sizes", "holdout_budget")}
+def _open_manifest(cfg: JobConfig, out: Path) -> dict[str, Any]:
+    """The manifest of the sweep in `out`; a new sweep's when there is none. Everything that changes a run but
+    the budgets and sizes must match: a sweep may grow, not change."""
+    s = cfg.scaling
+    settings = {
+        "pack": {k: getattr(cfg.pack, k) for k in ("input", "tokenizer", "source_field")}, "seed": cfg.job.seed,
+        "preset": cfg.model.preset, "optim": asdict(cfg.optim),
+        "lr_schedule": {"decay": cfg.lr_schedule.decay, "min_lr_ratio": cfg.lr_schedule.min_lr_ratio},
+        "training": {"seq_len": cfg.training.seq_len, "batch_tokens": cfg.training.batch_tokens},
+        "scaling": {k: v for k, v in asdict(s).items() if k not in ("budgets", "sizes", "holdout_budget")},
+    }  # fmt: skip
     path = out / MANIFEST
     if path.is_file():
         manifest = json.loads(path.read_text())
         if manifest.get("settings") != json.loads(json.dumps(settings)):
-            raise SweepError(f"{out}: holds a sweep with other settings (data, tokenizer or training); choose a new "
-                             "scaling.output, or only add budgets and sizes")  # fmt: skip
+            raise SweepError(f"{out}: holds a sweep with other settings (data, tokenizer or training), or one made "
+                             "before herd's one config tree; choose a new job.dump_folder, or only add budgets and "
+                             "sizes")  # fmt: skip
         return manifest
-    return {"version": 1, "flops_formula": FLOPS_FORMULA, "seq_len": cfg.seq_len, "settings": settings,
-            "task": {"name": "continuation-4way", "items": cfg.task_items, "chance": 0.25}, "runs": []}  # fmt: skip
+    return {"version": 1, "flops_formula": FLOPS_FORMULA, "seq_len": cfg.training.seq_len, "settings": settings,
+            "task": {"name": "continuation-4way", "items": s.task_items, "chance": 0.25}, "runs": []}  # fmt: skip
 
 
 def _done(manifest: dict[str, Any], name: str) -> bool:

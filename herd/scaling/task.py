@@ -65,13 +65,13 @@ def build_items(
         start = rng.randrange(0, len(toks) - need + 1)
         context, answer = toks[start : start + context_tokens], toks[start + context_tokens : start + need]
         others = rng.sample(pools[i], num_choices - 1)
-        distractors = []
+        wrong = []
         for j in others:
             other = usable[j][1]
             k = rng.randrange(context_tokens, len(other) - answer_tokens + 1)
-            distractors.append(other[k : k + answer_tokens])
+            wrong.append(other[k : k + answer_tokens])
         slot = rng.randrange(num_choices)
-        choices = [*distractors[:slot], answer, *distractors[slot:]]
+        choices = [*wrong[:slot], answer, *wrong[slot:]]
         items.append(Item(context=context, choices=choices, answer=slot))
     return items
 

@@ -4,6 +4,7 @@ Two families sit behind it: Meta's tiktoken BPE for Llama 3 (`llama3.py`) and an
 can run, loaded from an HF directory or from GGUF metadata (`hf.py`). Generation code only sees `Tokenizer`.
 """
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -109,3 +110,22 @@ class StreamDecoder:
         text = self._tokenizer.decode(self._ids)
         self._ids, self._read = [], 0
         return text[len(done) :]
+
+
+def format_tokens(
+    tokenizer: Tokenizer, ids: Sequence[int], loss_mask: Sequence[int] | None = None, *, as_json: bool = False
+) -> str:
+    """What `herd tokenize` prints: one line per token (id, piece, `[target]` where the loss mask is set) and the
+    count; or, `as_json`, {"tokens", "count", "pieces", "loss_mask" (when given)} on one line."""
+    pieces = [tokenizer.decode([i]) for i in ids]
+    if as_json:
+        out: dict[str, Any] = {"tokens": ids, "count": len(ids), "pieces": pieces}
+        if loss_mask is not None:
+            out["loss_mask"] = loss_mask
+        return json.dumps(out, ensure_ascii=False)
+    lines = []
+    for k, (i, piece) in enumerate(zip(ids, pieces, strict=True)):
+        target = "" if loss_mask is None else ("  [target]" if loss_mask[k] else "")
+        lines.append(f"{i:>7}  {piece!r}{target}")
+    lines.append(f"{len(ids)} tokens")
+    return "\n".join(lines)

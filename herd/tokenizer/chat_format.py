@@ -262,8 +262,13 @@ def _parse_python_call_list(text: str) -> tuple[str, dict[str, Any]] | None:
     calls = tree.body.elts if isinstance(tree.body, ast.List) else []
     if not calls or not all(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and not c.args for c in calls):
         return None
+    first = calls[0]
+    assert isinstance(first, ast.Call) and isinstance(first.func, ast.Name)  # checked for every call above
+    kwargs = [(kw.arg, kw.value) for kw in first.keywords if kw.arg is not None]
+    if len(kwargs) < len(first.keywords):  # f(**mapping) is not a keyword-only call (its keyword has no name)
+        return None
     try:
-        return calls[0].func.id, {kw.arg: ast.literal_eval(kw.value) for kw in calls[0].keywords}
+        return first.func.id, {name: ast.literal_eval(value) for name, value in kwargs}
     except (ValueError, TypeError, SyntaxError):
         return None
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -181,7 +181,8 @@ class HFTokenizer(Tokenizer):
 
         pre_tokenizer, ignore_merges = gguf_pre_tokenizer(get("tokenizer.ggml.pre", "default"), str(path))
         vocab = {token: i for i, token in enumerate(tokens)}
-        tok = RustTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
+        two = cast("list[tuple[str, str]]", pairs)  # every entry was checked to be two tokens above
+        tok = RustTokenizer(models.BPE(vocab=vocab, merges=two, ignore_merges=ignore_merges))
         tok.pre_tokenizer = pre_tokenizer
         tok.decoder = decoders.ByteLevel()
         kinds = list(zip(tokens, types, strict=True))
@@ -236,7 +237,7 @@ class HFTokenizer(Tokenizer):
         """Render the chat template and encode its text with special tokens matched. The template usually writes
         bos itself; it is prepended only if the model wants one and the template did not."""
         ids = self.encode(self.render_chat(messages, add_generation_prompt=add_generation_prompt), allow_special=True)
-        if self.add_bos and ids[:1] != [self.bos_id]:
+        if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:  # add_bos implies a bos_id
             ids.insert(0, self.bos_id)
         return ids
 
@@ -264,7 +265,7 @@ class HFTokenizer(Tokenizer):
         encoding = self._tok.encode(full, add_special_tokens=False)
         ids = list(encoding.ids)
         mask = [any(start <= begin < end for start, end in spans) for begin, _ in encoding.offsets]
-        if self.add_bos and ids[:1] != [self.bos_id]:
+        if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:  # add_bos implies a bos_id
             ids, mask = [self.bos_id, *ids], [False, *mask]
         return ids, mask
 

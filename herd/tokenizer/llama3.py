@@ -98,6 +98,9 @@ def bounded_pieces(text: str) -> Iterator[str]:
 class Llama3Tokenizer(Tokenizer):
     """Meta's Llama 3 tokenizer (128,000 BPE tokens + 256 special tokens) and the Llama 3 dialog format."""
 
+    bos_id: int
+    """<|begin_of_text|>: always present, unlike in the base class."""
+
     def __init__(self, model_path: str | Path | None = None) -> None:
         path = Path(model_path) if model_path is not None else packaged_model_path()
         ranks = load_ranks(path)

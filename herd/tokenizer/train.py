@@ -139,15 +139,16 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = False) 
         for text in texts:
             for chunk in text_chunks(text):
                 piece_counts.update(_PATTERN.findall(chunk))
-            if bar:
+            if bar and task is not None:
                 bar.advance(task)
         if not piece_counts:
             raise TokenizerError("the corpus is empty: no text to train the tokenizer on")
         vocab = [bytes([i]) for i in range(256)]
-        if bar:
+        if bar and task is not None:
             bar.update(task, visible=False)
-            task = bar.add_task("merging", total=num_base - 256)
-        return _merge(piece_counts, vocab, num_base, (lambda: bar.advance(task)) if bar else (lambda: None))
+        merging = bar.add_task("merging", total=num_base - 256) if bar else None
+        tick = (lambda: bar.advance(merging)) if bar and merging is not None else (lambda: None)
+        return _merge(piece_counts, vocab, num_base, tick)
 
 
 def _merge(
@@ -271,3 +272,13 @@ def save_ranks(ranks: dict[bytes, int], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
         f.writelines(lines)
+
+
+def format_trained(ranks: dict[bytes, int], vocab_size: int, seconds: float, path: str | Path) -> str:
+    """What `herd tokenizer train` prints once `ranks` (trained for `vocab_size`) are saved at `path`."""
+    base = vocab_size - NUM_SPECIAL_TOKENS
+    short = f" (the corpus ran out of pairs before {base})" if len(ranks) < base else ""
+    return (
+        f"trained {len(ranks)} BPE tokens + {NUM_SPECIAL_TOKENS} special tokens{short} in {seconds:.1f}s -> {path}\n"
+        f"load it with: herd tokenize --tokenizer {path} --text '...'"
+    )

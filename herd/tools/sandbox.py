@@ -12,6 +12,7 @@ real sandbox (container, VM, gVisor) as well.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import resource
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import IO
+from typing import cast
 
 MAX_OUTPUT_BYTES = 16_384
 _TAIL_BYTES = 4096  # enough for the last lines of a traceback when stderr was cut
@@ -58,7 +59,11 @@ def run_python(
             start_new_session=True,  # its own process group, so the kill reaches every child it starts
             preexec_fn=lambda: _limit_resources(timeout, memory_mb),
         )
-        out, err = _Capture(proc.stdout, max_output), _Capture(proc.stderr, max_output)
+        # All three streams are pipes with the default buffering: never None (as typeshed allows), and stdout and
+        # stderr are BufferedReaders (typeshed says IO[bytes], which has no read1).
+        assert proc.stdin is not None
+        stdout, stderr = cast(io.BufferedReader, proc.stdout), cast(io.BufferedReader, proc.stderr)
+        out, err = _Capture(stdout, max_output), _Capture(stderr, max_output)
         out.start()
         err.start()
         try:
@@ -118,7 +123,7 @@ class _Capture(threading.Thread):
     """Drains one pipe: keeps the first `limit` bytes and the last few KB, drops the rest so output cannot fill
     memory."""
 
-    def __init__(self, stream: IO[bytes], limit: int) -> None:
+    def __init__(self, stream: io.BufferedReader, limit: int) -> None:
         super().__init__(daemon=True)
         self.stream, self.limit = stream, limit
         self.head, self.tail, self.total = bytearray(), b"", 0

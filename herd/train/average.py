@@ -66,3 +66,9 @@ def average_to(paths: list[Path], out: Path, *, to: str = "meta", dtype: torch.d
 
     write_checkpoint(out, Checkpoint(args=args, state_dict=sd, format=to, path=out), to, assets=copy_tokenizer)
     return args
+
+
+def format_average(paths: list[Path], out: str | Path, to: str, args: ModelArgs, seconds: float) -> str:
+    """What `herd ckpt average` prints once `average_to(paths, out, to=to)` returned `args`."""
+    what = f"averaged {len(paths)} checkpoints" if len(paths) > 1 else f"exported {paths[0]}"
+    return f"{what} (dim {args.dim}, {args.n_layers} layers) -> {out} ({to}) in {seconds:.1f}s"

@@ -23,7 +23,8 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ class CheckpointManager:
     ) -> None:
         self.folder, self.keep_last, self.rank, self.distributed = Path(folder), keep_last, rank, distributed
         self.async_save = async_save
-        self._pending = None  # (future, commit) of an async save in flight
+        # (future, commit) of an async save in flight
+        self._pending: tuple[Future[Any], Callable[[], None]] | None = None
         # The background writer's collectives get their own group, so they never interleave with training's.
         self._group = dist.new_group(backend="gloo") if async_save and distributed else None
         self.timings: list[dict[str, Any]] = []
@@ -94,7 +96,7 @@ class CheckpointManager:
         optimizer: torch.optim.Optimizer,
         train_state: dict[str, Any],
         args: ModelArgs,
-        assets: list[Path] = (),
+        assets: Sequence[Path] = (),
     ) -> Path:
         start = time.perf_counter()
         self.wait()
@@ -134,6 +136,9 @@ class CheckpointManager:
             if self.async_save:
                 future = dcp.async_save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp),
                                         process_group=self._group)  # fmt: skip
+                # A Future, not an AsyncSaveResponse: without an async_stager DCP stages (copies) the state before
+                # it returns, which training relies on since it goes on to update the weights.
+                assert isinstance(future, Future)
                 self._pending = (future, commit)
             else:
                 dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
@@ -170,7 +175,7 @@ class CheckpointManager:
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path / TRAIN_STATE}: unreadable ({e})") from None
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        target = {"model": model_sd, "optimizer": optim_sd}
+        target: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
         try:
             with _quiet_dcp():
                 dcp.load(target, checkpoint_id=str(path))
@@ -196,6 +201,31 @@ def read_params(path: Path) -> ModelArgs:
 
 def is_training_checkpoint(path: Path) -> bool:
     return (path / TRAIN_STATE).is_file() and (path / ".metadata").is_file()
+
+
+def tokenizer_files(identity: dict[str, Any], packed_copy: Path) -> list[Path]:
+    """The tokenizer files a run trains with (the copy beside the shards or the run, else where the pack manifest
+    says they came from), checked against the hashes in `identity`; they are copied into every checkpoint."""
+    from herd.data.pack import sha256_file
+
+    spec = identity.get("spec", "llama3")
+    if packed_copy.is_dir():
+        base = packed_copy
+    elif spec == "llama3":
+        from herd.tokenizer.llama3 import packaged_model_path
+
+        base = packaged_model_path().parent
+    else:
+        base = Path(spec) if Path(spec).is_dir() else Path(spec).parent
+    files = []
+    for name, digest in identity.get("files_sha256", {}).items():
+        path = base / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: the tokenizer the shards were packed with is gone (pack manifest: {spec})")
+        if sha256_file(path) != digest:
+            raise CheckpointError(f"{path}: changed since the shards were packed with it; re-pack or restore the file")
+        files.append(path)
+    return files
 
 
 def _default_device() -> torch.device:

@@ -46,13 +46,19 @@ def peak_memory_gb(device: torch.device) -> float:
     return rss_kb / 2**20
 
 
+# Objective metrics worth a place on the console line (all of them go to metrics.jsonl and TensorBoard).
+SHOWN = ("accuracy", "reward_accuracy", "reward_margin", "score", "kl")
+
+
 class MetricsLogger:
     """Writes each step's record to metrics.jsonl and TensorBoard; shows a progress bar or periodic lines."""
 
     def __init__(
         self, run_dir: Path, *, total_steps: int, start_step: int, tensorboard: bool, log_interval: int,
-        progress: bool = True,
+        progress: bool = True, name: str = "train",
     ) -> None:  # fmt: skip
+        """`name` labels the progress bar and console lines (the command: train, sft, dpo...)."""
+        self.name = name
         self.path = run_dir / "metrics.jsonl"
         self.events_path = run_dir / "events.jsonl"
         self.total, self.log_interval = total_steps, log_interval
@@ -69,10 +75,10 @@ class MetricsLogger:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TextColumn(name), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(), transient=True,
             )  # fmt: skip
-            self.task = self.bar.add_task("train", total=total_steps, completed=start_step, info="")
+            self.task = self.bar.add_task(name, total=total_steps, completed=start_step, info="")
             self.bar.start()
 
     def truncate(self, step: int) -> None:
@@ -99,11 +105,13 @@ class MetricsLogger:
             for key, value in record.items():
                 if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
                     self.writer.add_scalar(f"train/{key}", value, step)
-        info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
+        shown = "".join(f"  {k} {record[k]:.4g}" for k in SHOWN if k in record)
+        info = f"loss {record['loss']:.4f}{shown}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         elif self.log_interval and (step % self.log_interval == 0 or step == self.total):
-            print(f"step {step:>6}/{self.total}  {info}  mfu {record['mfu']:.1%}", flush=True)
+            prefix = "" if self.name == "train" else f"[{self.name}] "
+            print(f"{prefix}step {step:>6}/{self.total}  {info}  mfu {record['mfu']:.1%}", flush=True)
 
     def event(self, record: dict[str, Any]) -> None:
         """A recovery event (skip, rollback, resume...): events.jsonl, and always a console line."""
@@ -121,3 +129,12 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.close()
         self.file.close()
+
+
+class NullLogger:
+    """What ranks other than 0 log to: nothing (rank 0 reports the reduced metrics)."""
+
+    def log(self, record: dict[str, Any]) -> None: ...
+    def event(self, record: dict[str, Any]) -> None: ...
+    def reopen_at(self, step: int) -> None: ...
+    def close(self) -> None: ...

@@ -11,8 +11,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from herd.config import ConfigError
-from herd.train.config import TrainJobConfig
+from herd.config import ConfigError, JobConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,25 +28,32 @@ class StepPlan:
 
 
 class Schedule:
-    def __init__(self, cfg: TrainJobConfig) -> None:
+    def __init__(self, cfg: JobConfig, *, steps: int | None = None) -> None:
+        """`steps` overrides training.steps (post-training stages count them from epochs over their examples; a
+        warmup as long as such a run is cut to leave one step, and `warmup_cut` says so)."""
         t = cfg.training
-        self.steps, self.peak_lr = t.steps, cfg.optim.lr
+        self.steps, self.peak_lr = steps or t.steps, cfg.optim.lr
         self.warmup, self.decay = cfg.lr_schedule.warmup_steps, cfg.lr_schedule.decay
+        self.warmup_cut = steps is not None and self.warmup >= self.steps
+        if self.warmup_cut:
+            self.warmup = self.steps - 1
+        if self.warmup >= self.steps:
+            raise ConfigError(f"lr_schedule.warmup_steps={self.warmup} must be less than the run's {self.steps} steps")
         self.floor = cfg.lr_schedule.min_lr_ratio
         # (first step, tokens before it, batch_tokens, seq_len) per ramp stage that is reached.
         self._stages: list[tuple[int, int, int, int]] = [(1, 0, t.batch_tokens, t.seq_len)]
         for stage in t.ramp:
             first, tokens, batch_tokens, _ = self._stages[-1]
             n = max(1, math.ceil((stage.at_tokens - tokens) / batch_tokens))
-            if first + n > t.steps:
+            if first + n > self.steps:
                 break
             self._stages.append((first + n, tokens + n * batch_tokens, stage.batch_tokens, stage.seq_len))
         self._firsts = [s[0] for s in self._stages]
-        self.total_tokens = self.tokens_before(t.steps + 1)
-        self.anneal_start = t.steps + 1
+        self.total_tokens = self.tokens_before(self.steps + 1)
+        self.anneal_start = self.steps + 1
         if cfg.anneal.tokens:
             # The first step whose tokens all lie within the last anneal.tokens.
-            lo, hi = 1, t.steps
+            lo, hi = 1, self.steps
             while lo < hi:
                 mid = (lo + hi) // 2
                 if self.total_tokens - self.tokens_before(mid) <= cfg.anneal.tokens:

@@ -33,3 +33,10 @@ def test_corpus_is_deterministic(embedded_corpus, tmp_path) -> None:
     again = build_corpus(tmp_path / "again")
     first = json.loads((embedded_corpus.path / "corpus.json").read_text())
     assert json.loads((again.path / "corpus.json").read_text())["digest"] == first["digest"]
+
+
+def test_format_corpus_counts_the_kinds_in_name_order(tmp_path) -> None:
+    from herd.data.corpus import CorpusStats, format_corpus
+
+    stats = CorpusStats(path=tmp_path, documents=3, bytes=2_500_000, kinds={"spam": 1, "clean": 2})
+    assert format_corpus(stats, 1.04) == f"wrote 3 documents (2.5 MB) to {tmp_path} in 1.0s: clean 2, spam 1"

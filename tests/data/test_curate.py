@@ -6,16 +6,17 @@ import shutil
 
 import pytest
 
+from herd.config import CurateSection
 from herd.data.evaluate import read_jsonl
-from herd.data.pipeline import CurateConfig, Curator
+from herd.data.pipeline import Curator
 from herd.errors import DataError
 
 pytestmark = pytest.mark.slow
 
 
-def _config(corpus, out, workers=1) -> CurateConfig:
+def _config(corpus, workers=1) -> CurateSection:
     # The LLM-judged quality classifier has its own tests (tests/data/test_quality.py); it takes minutes here.
-    cfg = CurateConfig(input=[str(corpus.path)], output=str(out), tasks=4, workers=workers)
+    cfg = CurateSection(input=[str(corpus.path)], tasks=4, workers=workers)
     cfg.quality.enabled = False
     return cfg
 
@@ -23,7 +24,7 @@ def _config(corpus, out, workers=1) -> CurateConfig:
 @pytest.fixture(scope="module")
 def run(embedded_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("curate") / "out"
-    report = Curator(_config(embedded_corpus, out), log=lambda _: None).run()
+    report = Curator(_config(embedded_corpus), out, log=lambda _: None).run()
     return out, report
 
 
@@ -60,7 +61,7 @@ def test_report_files_and_histograms(run) -> None:
 
 def test_two_workers_give_byte_identical_output(run, embedded_corpus, tmp_path) -> None:
     out, _ = run
-    Curator(_config(embedded_corpus, tmp_path / "w2", workers=2), log=lambda _: None).run()
+    Curator(_config(embedded_corpus, workers=2), tmp_path / "w2", log=lambda _: None).run()
     for name in sorted(p.name for p in (out / "kept").glob("*.jsonl")):
         assert (out / "kept" / name).read_bytes() == (tmp_path / "w2" / "kept" / name).read_bytes()
 
@@ -74,17 +75,17 @@ def test_crash_resume_neither_duplicates_nor_loses(run, embedded_corpus, tmp_pat
     (copy / "logs" / "quality" / "completions" / "00002").unlink()
     kept = copy / "kept" / "00002.jsonl"
     kept.write_text(kept.read_text()[: len(kept.read_text()) // 2])
-    Curator(_config(embedded_corpus, copy), log=lambda _: None).run()
+    Curator(_config(embedded_corpus), copy, log=lambda _: None).run()
     for name in sorted(p.name for p in (out / "kept").glob("*.jsonl")):
         assert (out / "kept" / name).read_bytes() == (copy / "kept" / name).read_bytes()
 
 
 def test_output_of_another_config_is_refused(run, embedded_corpus) -> None:
     out, _ = run
-    cfg = _config(embedded_corpus, out)
+    cfg = _config(embedded_corpus)
     cfg.dedup.minhash = False
     with pytest.raises(DataError, match="made by another config"):
-        Curator(cfg).run()
+        Curator(cfg, out).run()
 
 
 def test_corrupt_input_is_counted_with_its_location(tmp_path) -> None:
@@ -104,10 +105,10 @@ def test_corrupt_input_is_counted_with_its_location(tmp_path) -> None:
         + b"\n"
     )
     (raw / "empty.jsonl").write_bytes(b"")
-    cfg = CurateConfig(input=[str(raw)], output=str(tmp_path / "out"), tasks=1, fit_sample=10, max_doc_bytes=1 << 20)
+    cfg = CurateSection(input=[str(raw)], tasks=1, fit_sample=10, max_doc_bytes=1 << 20)
     # One good document: nothing to fit the token reference or the domain classifier on.
     cfg.quality.enabled = cfg.heuristics.token_kl = cfg.quality.domain = False
-    report = Curator(cfg, log=lambda _: None).run()
+    report = Curator(cfg, tmp_path / "out", log=lambda _: None).run()
     assert report["input"]["skipped"] == {"bad_utf8": 1, "bad_json": 1, "too_large": 1, "empty_file": 1}
     errors = (tmp_path / "out" / "errors" / "00000.jsonl").read_text()
     assert "a.jsonl:2" in errors and "a.jsonl:3" in errors and "empty.jsonl" in errors
@@ -143,8 +144,8 @@ def test_same_pipeline_on_ray_gives_the_local_output(run, embedded_corpus, tmp_p
     """The executor is a setting: the stages, and so the output, are the same on a (local) Ray cluster."""
     pytest.importorskip("ray")
     out, _ = run
-    cfg = _config(embedded_corpus, tmp_path / "ray", workers=2)
+    cfg = _config(embedded_corpus, workers=2)
     cfg.executor = "ray"
-    Curator(cfg, log=lambda _: None).run()
+    Curator(cfg, tmp_path / "ray", log=lambda _: None).run()
     for name in sorted(p.name for p in (out / "kept").glob("*.jsonl")):
         assert (out / "kept" / name).read_bytes() == (tmp_path / "ray" / "kept" / name).read_bytes()

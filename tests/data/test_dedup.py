@@ -26,7 +26,6 @@ from herd.data.dedup import (
     MinHashSignature,
     SemanticDedup,
     UrlDedup,
-    _greedy_drop,
     dedup_documents,
     dedup_stages,
     normalize_line,
@@ -35,6 +34,7 @@ from herd.data.dedup import (
     run_in_process,
     run_local,
 )
+from herd.data.dedup.semantic import _greedy_drop
 from herd.errors import DataError
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

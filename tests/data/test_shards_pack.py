@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from herd.data.pack import PackConfig, pack
+from herd.config import PackSection
+from herd.data.pack import pack
 from herd.data.readers import RawReader, input_files
 from herd.data.shards import Shard, write_shard
 from herd.errors import DataError
@@ -43,8 +44,8 @@ def test_pack_groups_by_source_and_is_a_no_op_when_repeated(tmp_path) -> None:
     tok = Llama3Tokenizer()
     records = [{"text": f"document number {i} about llamas", "source": "web" if i % 3 else "code"} for i in range(30)]
     _write_jsonl(tmp_path / "in.jsonl", records, ['{"broken": ', '{"no_text": 1}'])
-    cfg = PackConfig(input=[str(tmp_path / "in.jsonl")], output=str(tmp_path / "out"), shard_tokens=50)
-    m = pack(cfg)
+    cfg = PackSection(input=[str(tmp_path / "in.jsonl")], shard_tokens=50)
+    m = pack(cfg, tmp_path / "out")
     assert m["total"]["docs"] == 30 and m["skipped"]["count"] == 2
     assert "in.jsonl:31: invalid JSON" in m["skipped"]["first"][0]
     assert {k: v["docs"] for k, v in m["sources"].items()} == {"code": 10, "web": 20}
@@ -53,10 +54,10 @@ def test_pack_groups_by_source_and_is_a_no_op_when_repeated(tmp_path) -> None:
     first = web[0].document(0).tolist()
     assert first == [tok.bos_id, *tok.encode(records[1]["text"]), tok.eos_id]
     assert sum(s.num_tokens for s in web) == m["sources"]["web"]["tokens"]
-    assert pack(cfg).get("up_to_date") is True
+    assert pack(cfg, tmp_path / "out").get("up_to_date") is True
     _write_jsonl(tmp_path / "in.jsonl", records[:5])
     with pytest.raises(DataError, match="packed from other inputs"):
-        pack(cfg)
+        pack(cfg, tmp_path / "out")
 
 
 def test_reader_skips_and_locates_bad_records(tmp_path) -> None:
@@ -99,7 +100,39 @@ def test_mix_plan_reports_draws_and_epochs() -> None:
 def test_pack_reports_the_mix(tmp_path) -> None:
     records = [{"text": f"doc {i}", "source": "web" if i % 4 else "code"} for i in range(40)]
     _write_jsonl(tmp_path / "in.jsonl", records)
-    cfg = PackConfig(input=[str(tmp_path / "in.jsonl")], output=str(tmp_path / "out"), mix="web=0.5,code=0.5")
-    m = pack(cfg)
+    cfg = PackSection(input=[str(tmp_path / "in.jsonl")], mix="web=0.5,code=0.5")
+    m = pack(cfg, tmp_path / "out")
     assert m["mix"]["code"]["epochs"] > m["mix"]["web"]["epochs"]
     assert "mix" not in json.loads((tmp_path / "out" / "manifest.json").read_text())  # a report, not a property
+
+
+def test_format_pack_lists_sources_largest_first_then_skips_and_the_mix() -> None:
+    from herd.data.pack import format_pack
+
+    manifest = {
+        "sources": {
+            "code": {"docs": 10, "tokens": 1_000, "shards": [{}]},
+            "general": {"docs": 200, "tokens": 3_000, "shards": [{}, {}]},
+        },
+        "total": {"docs": 210, "tokens": 4_000},
+        "skipped": {"count": 2, "first": ["a.jsonl:3: invalid JSON", "a.jsonl:9: invalid JSON"]},
+        "seconds": 1.5,
+        "mix": {
+            "general": {"weight": 0.5, "draw": 3_000, "tokens": 3_000, "epochs": 1.0},
+            "code": {"weight": 0.5, "draw": 5_000, "tokens": 1_000, "epochs": 5.0},
+        },
+    }
+    assert format_pack(manifest, "out").splitlines() == [
+        "packed 210 documents, 4,000 tokens in 1.5s -> out",
+        "  general                      200 docs        3,000 tokens   75.0%  2 shards",
+        "  code                          10 docs        1,000 tokens   25.0%  1 shards",
+        "skipped 2 records, e.g. a.jsonl:3: invalid JSON",
+        "mix for 8,000 training tokens:",
+        "  general                    50%  draw        3,000 of        3,000  1.00 epochs",
+        "  code                       50%  draw        5,000 of        1,000  5.00 epochs"
+        "  <- repeats more than 4 times",
+    ]
+    up_to_date = {**manifest, "up_to_date": True, "skipped": {"count": 0, "first": []}}
+    del up_to_date["mix"]
+    assert format_pack(up_to_date, "out").splitlines()[0] == "out is up to date (4,000 tokens); nothing to do"
+    assert len(format_pack(up_to_date, "out").splitlines()) == 3

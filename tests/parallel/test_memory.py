@@ -7,7 +7,7 @@ import pytest
 from herd.cli import main
 from herd.model import ModelArgs, count_params, flops_per_token, get_preset
 from herd.parallel.dims import ParallelDims, ParallelError
-from herd.parallel.memory import GIB, PARTS, estimate_memory, stage_layers, step_time
+from herd.parallel.memory import GIB, PARTS, estimate_memory, format_memory, parallel_plan, stage_layers, step_time
 
 H100_BYTES = 80e9
 """An H100's "80 GB", read as 80e9 bytes: below the 79.6 GiB the device reports, which leaves some head-room."""
@@ -231,3 +231,20 @@ def test_cli_model_info_without_parallel_flags_is_unchanged(capsys) -> None:
     assert set(info) == {"name", "source", "params", "params_billions", "embedding_params", "flops_per_token", "args"}
     assert main(["model", "info", "tiny"]) == 0
     assert "memory per device" not in capsys.readouterr().out
+
+
+def test_format_memory_reports_step_time_and_training_days() -> None:
+    plan = parallel_plan(
+        get_preset("llama3.1-405b"), seq_len=8192, tp=8, pp=16, dp_shard=128, mfu=0.4, train_tokens=15.6e12
+    )
+    assert plan["memory"]["assumptions"]["world_size"] == 16384
+    assert plan["step_time"]["achieved_flops_per_device"] == pytest.approx(989e12 * 0.4)  # the default peak
+    lines = format_memory(plan).splitlines()
+    assert lines[0].startswith("memory per device: pp 16 x dp_replicate 1 x dp_shard 128 x tp 8 = 16,384 devices")
+    assert [line.split()[0] for line in lines[2:9]] == [*PARTS, "total"]
+    assert lines[9].startswith("step time: ") and lines[9].endswith("at 395.6 TFLOP/s per device")
+    assert lines[10].endswith(" per device)") and " s/step, " in lines[10]
+    assert lines[11].startswith("  pipeline bubble ") and "(1F1B, 1 model chunk(s) per device)" in lines[11]
+    assert lines[12].startswith("  1.56e+13 tokens: ") and lines[12].endswith(" FLOPs") and " days, " in lines[12]
+    assert parallel_plan(small(), seq_len=4) == {}
+    assert "step_time" not in parallel_plan(small(), seq_len=4, gpus=1)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from herd.config import load, to_toml
-from herd.train.config import TrainJobConfig
+from herd.config import dump, load
 from herd.train.trainer import Trainer
 
 BASE = [
@@ -29,7 +28,8 @@ BASE = [
 def shards(tmp_path_factory) -> Path:
     import random
 
-    from herd.data.pack import PackConfig, pack
+    from herd.config import PackSection
+    from herd.data.pack import pack
     from herd.tokenizer.train import read_corpus, save_ranks, train_bpe
 
     root = tmp_path_factory.mktemp("parallel-data")
@@ -45,14 +45,13 @@ def shards(tmp_path_factory) -> Path:
         lines.append(json.dumps({"text": " ".join(text)}))
     (root / "docs.jsonl").write_text("\n".join(lines) + "\n")
     save_ranks(train_bpe(read_corpus([root / "docs.jsonl"]), 600), root / "tokenizer.model")
-    pack(PackConfig(input=[str(root / "docs.jsonl")], output=str(root / "shards"),
-                    tokenizer=str(root / "tokenizer.model")))  # fmt: skip
+    pack(PackSection(input=[str(root / "docs.jsonl")], tokenizer=str(root / "tokenizer.model")), root / "shards")
     return root / "shards"
 
 
 def write_config(path: Path, run_dir: Path, shards: Path, *overrides: str) -> Path:
-    cfg = load(TrainJobConfig, None, [f"job.dump_folder='{run_dir}'", f"data.shards=['{shards}']", *BASE, *overrides])
-    path.write_text(to_toml(cfg))
+    cfg = load("train", None, [f"job.dump_folder='{run_dir}'", f"data.shards=['{shards}']", *BASE, *overrides])
+    path.write_text(dump(cfg, "train"))
     return path
 
 
@@ -82,7 +81,7 @@ def assert_close(a: list[float], b: list[float], rel: float = 1e-4) -> None:
 @pytest.fixture(scope="module")
 def single(shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("single") / "run"
-    Trainer(load(TrainJobConfig, None, [f"job.dump_folder='{run}'", f"data.shards=['{shards}']", *BASE])).train()
+    Trainer(load("train", None, [f"job.dump_folder='{run}'", f"data.shards=['{shards}']", *BASE])).train()
     return run
 
 
@@ -105,14 +104,14 @@ def test_fsdp2_matches_one_process(single, fsdp) -> None:
         ["parallel.dp_replicate=2", "parallel.dp_shard=1"],  # replicas (HSDP with one shard each)
         ["parallel.pp=2", "parallel.dp_shard=1"],  # pipeline, 1F1B over 2 micro-batches
         ["parallel.pp=2", "parallel.dp_shard=1", "parallel.pp_schedule='GPipe'", "parallel.pp_microbatches=4"],
-        ["parallel.dp_shard=2", "training.dtype='bfloat16'"],  # FSDP2 mixed precision: checked for finite loss
+        ["parallel.dp_shard=2", "model.dtype='bfloat16'"],  # FSDP2 mixed precision: checked for finite loss
     ],
     ids=["tp2", "replicate2", "pp2-1f1b", "pp2-gpipe", "fsdp2-bf16"],
 )
 def test_layouts_match_one_process(single, shards, tmp_path, layout) -> None:
     run = tmp_path / "run"
     torchrun(write_config(tmp_path / "c.toml", run, shards, *layout))
-    if "training.dtype='bfloat16'" in layout:
+    if "model.dtype='bfloat16'" in layout:
         assert losses(run)[-1] < losses(run)[0] - 0.5
         return
     assert_close(losses(run), losses(single))
@@ -121,14 +120,14 @@ def test_layouts_match_one_process(single, shards, tmp_path, layout) -> None:
     if "parallel.pp=2" in layout:  # each stage saved its own layers; one process resumes from the union
         one = tmp_path / "one"
         shutil.copytree(run / "checkpoints" / "step-00000005", one / "checkpoints" / "step-00000005")
-        Trainer(load(TrainJobConfig, None, [f"job.dump_folder='{one}'", f"data.shards=['{shards}']", *BASE])).train()
+        Trainer(load("train", None, [f"job.dump_folder='{one}'", f"data.shards=['{shards}']", *BASE])).train()
         assert_close(losses(one), losses(run)[5:])
 
 
 def test_a_checkpoint_saved_under_fsdp2_resumes_in_one_process_and_back_under_tp2(single, fsdp, shards, tmp_path):
     one = tmp_path / "one"
     shutil.copytree(fsdp / "checkpoints" / "step-00000005", one / "checkpoints" / "step-00000005")
-    Trainer(load(TrainJobConfig, None, [f"job.dump_folder='{one}'", f"data.shards=['{shards}']", *BASE])).train()
+    Trainer(load("train", None, [f"job.dump_folder='{one}'", f"data.shards=['{shards}']", *BASE])).train()
     assert_close(losses(one), losses(fsdp)[5:])
 
     two = tmp_path / "two"
@@ -168,7 +167,7 @@ def test_a_hung_rank_is_caught_by_the_watchdog_and_the_job_restarts(fsdp, shards
     dumps = {p.name: p.read_text() for p in (tmp_path / "run").glob("hang-rank*.txt")}
     assert dumps and all("made no progress for 4s in step 7" in d for d in dumps.values()), dumps
     if "hang-rank1.txt" in dumps:
-        assert "in _drill" in dumps["hang-rank1.txt"]  # the stack shows where it hung
+        assert "in at_step_start" in dumps["hang-rank1.txt"]  # the stack shows where it hung
     assert_close(losses(tmp_path / "run"), losses(fsdp), rel=1e-12)
 
 

@@ -1,26 +1,30 @@
 """PPO: the tensor functions against hand-written loops, the value-head wrapper, and short runs on a tiny model."""
 
 import copy
+import json
 import math
 import string
+from dataclasses import replace
 
 import pytest
 import torch
 
+from herd.config import JobConfig, defaults
 from herd.inference import Completion, Engine, SamplingParams
 from herd.model import ModelArgs, build_model
-from herd.posttrain.config import PPOSection
 from herd.posttrain.ppo import (
+    PPO,
     PolicyWithValue,
     _response_batch,
     gae,
     kl_penalized_rewards,
-    ppo_losses,
-    ppo_train,
+    ppo_loss_sums,
     token_logps,
+    whiten,
 )
 from herd.tokenizer import Llama3Tokenizer
 from herd.tokenizer.train import save_ranks
+from herd.train.trainer import Trainer
 
 MASK = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [1, 1, 0, 1, 0, 0]], dtype=torch.bool)
 
@@ -91,8 +95,9 @@ def test_ppo_losses_equal_the_clipped_objectives_by_hand() -> None:
     logps = (old_logps + torch.randn(3, 6, generator=g) * 0.4).requires_grad_()
     advantages, old_values, returns = (torch.randn(3, 6, generator=g) for _ in range(3))
     values = old_values + torch.randn(3, 6, generator=g) * 0.5
-    policy_loss, value_loss, stats = ppo_losses(logps, old_logps, advantages, values, old_values, returns, MASK,
-                                                clip_ratio=0.2, value_clip=0.3)  # fmt: skip
+    policy_sum, value_sum, stats = ppo_loss_sums(logps, old_logps, whiten(advantages, MASK), values, old_values,
+                                                 returns, MASK, clip_ratio=0.2, value_clip=0.3)  # fmt: skip
+    tokens = int(MASK.sum())
 
     idx = MASK.nonzero().tolist()
     adv = [advantages[b, t].item() for b, t in idx]
@@ -110,13 +115,13 @@ def test_ppo_losses_equal_the_clipped_objectives_by_hand() -> None:
         v, old, ret = values[b, t].item(), old_values[b, t].item(), returns[b, t].item()
         v_clip = old + min(max(v - old, -0.3), 0.3)
         vl.append(0.5 * max((v - ret) ** 2, (v_clip - ret) ** 2))
-    assert policy_loss.item() == pytest.approx(sum(pl) / len(pl), abs=1e-5)
-    assert value_loss.item() == pytest.approx(sum(vl) / len(vl), abs=1e-5)
+    assert policy_sum.item() / tokens == pytest.approx(sum(pl) / len(pl), abs=1e-5)
+    assert value_sum.item() / tokens == pytest.approx(sum(vl) / len(vl), abs=1e-5)
     assert 0 < sum(clipped) < len(clipped)
-    assert stats["clipfrac"].item() == pytest.approx(sum(clipped) / len(clipped))
-    assert stats["approx_kl"].item() == pytest.approx(sum(kl) / len(kl), abs=1e-6)
+    assert stats["clipfrac"].item() / tokens == pytest.approx(sum(clipped) / len(clipped))
+    assert stats["approx_kl"].item() / tokens == pytest.approx(sum(kl) / len(kl), abs=1e-6)
     # The clip's point: a token whose ratio already moved past the clip in its advantage's favour gets no gradient.
-    policy_loss.backward()
+    policy_sum.backward()
     for (b, t), was_clipped in zip(idx, clipped, strict=True):
         assert (logps.grad[b, t] == 0) == was_clipped
     assert (logps.grad[~MASK] == 0).all()
@@ -144,42 +149,53 @@ def test_response_rows_keep_the_stop_token_and_mask_only_the_response() -> None:
     assert mask.tolist() == [[False, False, True, True, True], [True, True, True, False, False]]
 
 
-def test_ppo_trains_only_trainable_parameters_and_is_reproducible(tokenizer) -> None:
-    prompts = [tokenizer.encode(w, bos=True) for w in ("cat", "dog", "sun")]
-    cfg = PPOSection(steps=2, prompts_per_step=2, max_new_tokens=4)
-    runs = []
-    for _ in range(2):
-        model = tiny_model(tokenizer)
-        reference = copy.deepcopy(model)
-        model.requires_grad_(False)
-        model.output.requires_grad_(True)
-        policy = PolicyWithValue(model)
-        before = copy.deepcopy(policy.state_dict())
-        runs.append(ppo_train(policy, reference, tokenizer, prompts, lambda i, text: float(i), cfg, lr=1e-2, seed=5))
-        after = policy.state_dict()
-        changed = {k for k in before if not torch.equal(before[k], after[k])}
-        assert changed == {"model.output.weight", "value_head.weight", "value_head.bias"}
-    assert runs[0] == runs[1]
-    assert set(runs[0][0]) == {"step", "score", "kl", "policy_loss", "value_loss", "clipfrac", "approx_kl",
-                               "response_len"}  # fmt: skip
+def ppo_config(run_dir, *, steps: int, batch: int, max_new_tokens: int, lr: float, seed: int, lora: int = 0):
+    """A PPO config composed in Python, as `herd round` composes its stages."""
+    cfg = defaults("ppo")
+    return replace(
+        cfg, job=replace(cfg.job, dump_folder=str(run_dir), seed=seed), optim=replace(cfg.optim, lr=lr),
+        lora=replace(cfg.lora, rank=lora), training=replace(cfg.training, steps=steps, batch_size=batch, device="cpu"),
+        ppo=replace(cfg.ppo, max_new_tokens=max_new_tokens), checkpoint=replace(cfg.checkpoint, interval=0),
+        metrics=replace(cfg.metrics, tensorboard=False, peak_tflops=1.0, log_interval=0),
+    )  # fmt: skip
 
 
-def test_ppo_raises_the_reward_on_a_tiny_model(tokenizer) -> None:
-    """Reward: uppercase letters in the response (a special token's text has none), about 0.3 at the start."""
+def train_ppo(cfg: JobConfig, tokenizer, prompts, reward_fn) -> tuple[Trainer, list[dict]]:
     model = tiny_model(tokenizer)
-    reference = copy.deepcopy(model)
+    trainer = Trainer(cfg, PPO(cfg, prompts, reward_fn, tokenizer, copy.deepcopy(model)), command="ppo",
+                      initial=model)  # fmt: skip
+    trainer.train()
+    return trainer, [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ppo_trains_only_trainable_parameters_and_is_reproducible(tokenizer, tmp_path) -> None:
+    prompts = [tokenizer.encode(w, bos=True) for w in ("cat", "dog", "sun")]
+    runs = []
+    for name in ("a", "b"):
+        cfg = ppo_config(tmp_path / name, steps=4, batch=2, max_new_tokens=4, lr=1e-2, seed=5, lora=4)
+        trainer, records = train_ppo(cfg, tokenizer, prompts, lambda i, text: float(i))
+        start = tiny_model(tokenizer).state_dict()
+        changed = {k for k, v in trainer.model.state_dict().items() if k.startswith("model.") and
+                   "lora" not in k and not torch.equal(v, start[k.removeprefix("model.")])}  # fmt: skip
+        assert not changed  # LoRA trains its adapters (and the value head) only
+        assert any(p.requires_grad for n, p in trainer.model.named_parameters() if "lora" in n)
+        runs.append([{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "step_s", "mem_gb")}
+                     for r in records])  # fmt: skip
+    assert runs[0] == runs[1]
+    assert {"score", "kl", "policy_loss", "value_loss", "clipfrac", "approx_kl", "response_len"} <= set(runs[0][0])
+
+
+def test_ppo_raises_the_reward_on_a_tiny_model(tokenizer, tmp_path) -> None:
+    """Reward: uppercase letters in the response (a special token's text has none), about 0.3 at the start."""
     prompts = [tokenizer.encode(w, bos=True) for w in ("cat", "dog", "sun", "sea", "up", "hi", "ok", "no")]
-    cfg = PPOSection(steps=30, prompts_per_step=8, max_new_tokens=8)
-    logged = []
 
     def uppercase(index: int, text: str) -> float:
         return sum(c in string.ascii_uppercase for c in text)
 
-    history = ppo_train(
-        PolicyWithValue(model), reference, tokenizer, prompts, uppercase, cfg, lr=1e-2, seed=0, log=logged.append
-    )
-    assert logged == history and len(history) == 30
-    first = sum(h["score"] for h in history[:5]) / 5
-    last = sum(h["score"] for h in history[-5:]) / 5
-    assert last > max(2.0, 4 * first), [h["score"] for h in history]
-    assert history[-1]["kl"] > history[0]["kl"]
+    cfg = ppo_config(tmp_path, steps=60, batch=8, max_new_tokens=8, lr=1e-2, seed=0)
+    _, records = train_ppo(cfg, tokenizer, prompts, uppercase)
+    scores = [r["score"] for r in records[:: cfg.ppo.epochs]]  # one per rollout
+    assert len(scores) == 30
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last > max(2.0, 4 * first), scores
+    assert records[-1]["kl"] > records[0]["kl"]

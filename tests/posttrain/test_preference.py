@@ -1,33 +1,16 @@
 import json
-import random
 
 import pytest
 import torch
+from writers import write_pairs
 
 from herd.config import ConfigError, load
 from herd.data.loader import IGNORE_INDEX
 from herd.errors import DataError
-from herd.posttrain.config import DPOJobConfig, RewardJobConfig
 from herd.posttrain.dpo import pair_logps, run_dpo
 from herd.posttrain.preference import encode_response, load_pairs, pad
 from herd.posttrain.reward import load_reward_model, run_rm
 from herd.tokenizer import load_tokenizer
-
-
-def write_pairs(path, n: int = 48, seed: int = 0, edited: bool = False) -> None:
-    """Chosen answers state the sum; rejected ones decline. Learnable from the tokens alone."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
-        record = {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
-                  "chosen": f"{a} plus {b} is {a + b}.", "rejected": "No idea, sorry."}  # fmt: skip
-        if edited:
-            record["edited"] = f"The sum of {a} and {b} is {a + b}."
-        lines.append(json.dumps(record))
-    lines.append('{"messages": [{"role": "user", "content": "hi"}], "chosen": "same", "rejected": "same"}')
-    lines.append("{not json")
-    path.write_text("\n".join(lines) + "\n")
 
 
 def test_dpo_targets_are_the_final_response_without_header_or_end_of_turn(smol_tokenizer) -> None:
@@ -60,10 +43,10 @@ def test_pairs_are_checked_per_line_and_split_by_prompt(smol_tokenizer, tmp_path
 
 def test_reward_model_learns_the_preference_and_reloads_with_the_same_scores(tiny_chat_model, tmp_path) -> None:
     write_pairs(tmp_path / "p.jsonl", edited=True)
-    cfg = load(RewardJobConfig, None, [
+    cfg = load("rm", None, [
         f"job.dump_folder='{tmp_path / 'rm'}'", f"model.init_from='{tiny_chat_model}'", "model.dtype=float32",
-        f"data.train=['{tmp_path / 'p.jsonl'}']", "data.eval_fraction=0.25", "optim.lr=3e-3", "optim.epochs=3",
-        "optim.batch_size=8", "optim.micro_batch_size=8",
+        f"data.files=['{tmp_path / 'p.jsonl'}']", "data.eval_fraction=0.25", "optim.lr=3e-3", "training.epochs=3",
+        "training.batch_size=8", "training.micro_batch_size=8", "metrics.tensorboard=false", "metrics.peak_tflops=1",
     ])  # fmt: skip
     summary = run_rm(cfg)
     assert summary["held_out_accuracy_after"] == 1.0 and summary["skipped_lines"] == 2
@@ -78,15 +61,16 @@ def test_dpo_raises_the_chosen_margin_on_held_out_pairs_and_caches_the_reference
     write_pairs(tmp_path / "p.jsonl")
     overrides = [
         f"job.dump_folder='{tmp_path / 'dpo'}'", f"model.init_from='{tiny_chat_model}'", "model.dtype=float32",
-        f"data.train=['{tmp_path / 'p.jsonl'}']", "data.eval_fraction=0.25", "optim.lr=3e-3", "optim.epochs=2",
-        "optim.batch_size=8", "optim.micro_batch_size=8", "model.lora_rank=8",
+        f"data.files=['{tmp_path / 'p.jsonl'}']", "data.eval_fraction=0.25", "optim.lr=3e-3", "training.epochs=2",
+        "training.batch_size=8", "training.micro_batch_size=8", "lora.rank=8", "metrics.tensorboard=false",
+        "metrics.peak_tflops=1",
     ]  # fmt: skip
-    summary = run_dpo(load(DPOJobConfig, None, overrides))
+    summary = run_dpo(load("dpo", None, overrides))
     before, after = summary["held_out_before"], summary["held_out_after"]
     assert before["eval_reward_margin"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
     assert after["eval_reward_margin"] > 0.2 and after["eval_reward_accuracy"] == 1.0
     assert after["eval_loss"] < before["eval_loss"]
-    cache = torch.load(tmp_path / "dpo" / "reference_logps.pt")
+    cache = torch.load(tmp_path / "dpo" / "reference_logps.pt", weights_only=True)
     assert len(cache) == summary["train_pairs"] + summary["held_out_pairs"]
     # The export has LoRA merged: it loads as a plain model whose held-out log-probs moved toward chosen.
     from herd.formats.load import load_pretrained
@@ -104,8 +88,7 @@ def test_dpo_log_probs_and_gradients_equal_the_full_logits_computation(tiny_chat
     model = loaded.model.float()
     pairs = load_pairs([str(tmp_path / "p.jsonl")], loaded.tokenizer, on_error="skip", max_seq_len=512,
                        eval_fraction=0.0, seed=0, content_only=True).train  # fmt: skip
-    cfg = load(DPOJobConfig, None, ["data.train=['x.jsonl']", "model.dtype=float32"])
-    chosen, rejected, n_chosen, n_rejected = pair_logps(model, pairs, cfg)
+    chosen, rejected, n_chosen, n_rejected = pair_logps(model, pairs)
     (chosen.sum() - 2 * rejected.sum()).backward()
     sparse_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -121,12 +104,12 @@ def test_dpo_log_probs_and_gradients_equal_the_full_logits_computation(tiny_chat
 
 
 def test_bad_stage_config_names_the_key() -> None:
-    from herd.posttrain.config import check
+    from herd.config import check_layout
 
     with pytest.raises(ConfigError, match=r"dpo\.beta"):
-        check(load(DPOJobConfig, None, ["data.train=['x.jsonl']", "dpo.beta=0"]))
-    with pytest.raises(ConfigError, match=r"optim\.batch_size=6"):
-        check(load(RewardJobConfig, None, ["data.train=['x.jsonl']", "optim.batch_size=6",
-                                           "optim.micro_batch_size=4"]))  # fmt: skip
-    with pytest.raises(ConfigError, match=r"data\.train"):
-        check(load(RewardJobConfig, None, []))
+        load("dpo", None, ["data.files=['x.jsonl']", "dpo.beta=0"])
+    with pytest.raises(ConfigError, match=r"training\.batch_size=6"):
+        cfg = load("rm", None, ["data.files=['x.jsonl']", "training.batch_size=6", "training.micro_batch_size=4"])
+        check_layout(cfg, "rm", world_size=1, tp=1, pp=1)
+    with pytest.raises(ConfigError, match=r"data\.files"):
+        load("rm", None, [])

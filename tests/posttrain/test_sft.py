@@ -1,8 +1,8 @@
 import json
-import random
 
 import pytest
 import torch
+from writers import write_dialogs
 
 from herd.config import load
 from herd.formats.load import load_pretrained, resolve_model_path
@@ -11,21 +11,6 @@ from herd.posttrain.losses import IGNORE_INDEX
 from herd.posttrain.sft import build_sft
 from herd.tokenizer import HFTokenizer
 from herd.train.average import average_to
-from herd.train.config import TrainJobConfig
-
-
-def write_dialogs(path, n: int = 24, seed: int = 0) -> None:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        a, b = rng.randint(2, 40), rng.randint(2, 40)
-        lines.append(json.dumps({"messages": [
-            {"role": "system", "content": "Answer with one sentence."},
-            {"role": "user", "content": f"What is {a} plus {b}?"},
-            {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
-        ]}))  # fmt: skip
-    lines.append('{"messages": [{"role": "robot", "content": "beep"}]}')
-    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +36,8 @@ def test_packed_dialogs_target_only_assistant_tokens_and_resume_exactly(tokenize
 
 def test_sft_on_the_embedded_model_learns_and_exports_with_its_tokenizer(tmp_path) -> None:
     write_dialogs(tmp_path / "d.jsonl")
-    cfg = load(TrainJobConfig, None, [
-        f"job.dump_folder='{tmp_path / 'run'}'", f"posttrain.sft_data=['{tmp_path / 'd.jsonl'}']",
+    cfg = load("sft", None, [
+        f"job.dump_folder='{tmp_path / 'run'}'", f"data.files=['{tmp_path / 'd.jsonl'}']",
         "training.steps=4", "training.seq_len=128", "training.batch_tokens=256", "optim.lr=1e-4",
         "lr_schedule.warmup_steps=1", "metrics.tensorboard=false", "metrics.peak_tflops=1.0", "metrics.log_interval=0",
     ])  # fmt: skip

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from herd.errors import DataError
-from herd.posttrain.synth_facts import (
+from herd.posttrain.synth.facts import (
     FAMILIES,
     fact_eval,
     fact_items,
@@ -16,7 +16,7 @@ from herd.posttrain.synth_facts import (
     probe,
     score_fact,
 )
-from herd.posttrain.synth_tasks import check_task, make_tasks, task_dialog, task_reward
+from herd.posttrain.synth.tasks import check_task, make_tasks, task_dialog, task_reward
 
 
 def _task(task: str, answer: str) -> dict:

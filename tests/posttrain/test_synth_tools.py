@@ -3,24 +3,10 @@ import random
 
 import pytest
 
-from herd.errors import ToolError
-from herd.posttrain import synth_tools
 from herd.posttrain.data import read_jsonl
-from herd.posttrain.synth_tools import (
-    convert_units,
-    date_diff,
-    default_docs,
-    execute_tool_call,
-    http_status,
-    make_tool_dialogs,
-    make_tool_eval,
-    make_tools,
-    parse_tool_call,
-    score_tool_call,
-    tool_system_prompt,
-)
+from herd.posttrain.synth.tools import make_tool_dialogs, make_tool_eval, score_tool_call
 from herd.tokenizer.chat_format import Message, ToolCall, format_tool_call
-from herd.tools import SandboxResult
+from herd.tools import SandboxResult, builtin, execute_tool_call, make_tools
 
 FORMATS = ("json", "llama3")
 
@@ -80,14 +66,14 @@ def test_builtin_calls_end_the_message_in_the_llama3_format() -> None:
 
 
 def test_a_failing_call_is_drawn_again(monkeypatch) -> None:
-    real = synth_tools.run_python
+    real = builtin.run_python
 
     def failing_on_factorials(code: str) -> SandboxResult:
         if "factorial" in code:
             return SandboxResult(ok=False, stdout="", stderr="", error="RuntimeError: broken")
         return real(code)
 
-    monkeypatch.setattr(synth_tools, "run_python", failing_on_factorials)
+    monkeypatch.setattr(builtin, "run_python", failing_on_factorials)
     records = make_tool_dialogs(random.Random(1), 40, fmt="json", no_tool_share=0.0)
     codes = [call["arguments"]["code"] for call, _ in _calls(records) if call["name"] == "code_interpreter"]
     assert len(records) == 40 and codes
@@ -139,15 +125,8 @@ def test_search_runs_over_the_given_documents() -> None:
         assert json.loads(content)[0]["title"] == call["arguments"]["query"] in titles
 
 
-def test_default_docs_come_from_the_installed_stdlib() -> None:
-    docs = default_docs()
-    assert len(docs) >= 50
-    assert all(doc["title"] and doc["text"] for doc in docs)
-    assert "json" in {doc["title"] for doc in docs}
-
-
 # ---------------------------------------------------------------------------------------------
-# Parsing and scoring model responses
+# Scoring model responses (parsing, argument checks and execution: tests/tools/test_calls.py)
 
 ITEM = {"kind": "tool", "fmt": "json", "tool": "convert_units"}
 CALL = {"name": "convert_units", "arguments": {"value": 3, "from_unit": "km", "to_unit": "mi"}}
@@ -159,16 +138,9 @@ def json_tools():
 
 
 @pytest.mark.parametrize(
-    "response",
-    [
-        json.dumps(CALL),
-        f"  ```json\n{json.dumps(CALL)}\n```\n",
-        json.dumps({"name": "convert_units", "parameters": CALL["arguments"]}),
-        json.dumps({"name": "convert_units", "arguments": json.dumps(CALL["arguments"])}),
-    ],
+    "response", [json.dumps(CALL), json.dumps({"name": "convert_units", "parameters": CALL["arguments"]})]
 )
-def test_a_valid_json_call_parses_and_scores_valid(response: str, json_tools) -> None:
-    assert parse_tool_call(response, "json") == CALL
+def test_a_valid_json_call_scores_valid(response: str, json_tools) -> None:
     assert score_tool_call(ITEM, response, json_tools) == {"valid": True, "right_tool": True, "error": None}
 
 
@@ -180,16 +152,9 @@ def test_a_valid_json_call_parses_and_scores_valid(response: str, json_tools) ->
         ('{"arguments": {"value": 3}}', False, "string 'name'"),
         ('{"name": "convert_units", "arguments": {"value": "3", "from_unit": "km", "to_unit": "mi"}}', True, "not a"),
         ('{"name": "convert_units", "arguments": {"value": 3, "from_unit": "km"}}', True, "missing required"),
-        ('{"name": "convert_units", "arguments": {"value": 3, "from_unit": "km", "to_unit": "mi", "x": 1}}', True, "x"),
-        (
-            '{"name": "convert_units", "arguments": {"value": 3, "from_unit": "km", "to_unit": "parsec"}}',
-            True,
-            "one of",
-        ),
         ('{"name": "convert_units", "arguments": {"value": 3, "from_unit": "km", "to_unit": "kg"}}', True, "cannot"),
         ('{"name": "teleport", "arguments": {"to": "Mars"}}', False, "unknown tool 'teleport'"),
         ('{"name": "code_interpreter", "arguments": {"code": "print(1 / 0)"}}', False, "ZeroDivisionError"),
-        ('{"name": "date_diff", "arguments": {"start": "2024-02-30", "end": "2024-03-01"}}', False, "ISO date"),
     ],
 )
 def test_bad_calls_score_invalid_with_a_reason(response: str, right_tool: bool, reason: str, json_tools) -> None:
@@ -203,48 +168,10 @@ def test_a_valid_call_of_the_wrong_tool_is_valid_but_not_right(json_tools) -> No
     assert score_tool_call(ITEM, response, json_tools) == {"valid": True, "right_tool": False, "error": None}
 
 
-def test_llama3_calls_round_trip_through_the_chat_format() -> None:
-    custom = ToolCall(name="convert_units", arguments=CALL["arguments"])
-    assert parse_tool_call(format_tool_call(custom), "llama3") == CALL
-    code = "import math\nprint(math.factorial(20))"
-    code_call = format_tool_call(ToolCall(name="code_interpreter", arguments={"code": code}))
-    parsed = parse_tool_call(f"<|python_tag|>{code_call}<|eom_id|>", "llama3")
-    assert parsed == {"name": "code_interpreter", "arguments": {"code": code}}
+def test_llama3_responses_score_by_the_chat_format() -> None:
     search = format_tool_call(ToolCall(name="brave_search", arguments={"query": "Petra"}))
-    assert parse_tool_call(f"<|python_tag|>{search}<|eom_id|>", "llama3") == {
-        "name": "brave_search",
-        "arguments": {"query": "Petra"},
-    }
-    assert parse_tool_call("Petra is in Jordan.<|eot_id|>", "llama3") is None
     tools = make_tools(fmt="llama3", docs=DOCS)
     item = {"kind": "tool", "fmt": "llama3", "tool": "brave_search"}
     assert score_tool_call(item, search, tools)["valid"]
     assert score_tool_call(item, "<|python_tag|>raise SystemExit('no')", tools)["error"] == "code failed: no"
-
-
-# ---------------------------------------------------------------------------------------------
-# Tools and prompts
-
-
-def test_custom_tools_compute_the_right_values() -> None:
-    assert json.loads(convert_units(100, "C", "F")) == {"result": 212.0, "unit": "F"}
-    assert json.loads(convert_units(1, "mi", "km")) == {"result": 1.60934, "unit": "km"}
-    assert json.loads(date_diff("2024-02-28", "2024-03-01")) == {"days": 2}
-    assert json.loads(http_status(404))["phrase"] == "Not Found"
-    with pytest.raises(ToolError, match="absolute zero"):
-        convert_units(-300, "C", "K")
-    with pytest.raises(ToolError, match="code=999"):
-        http_status(999)
-
-
-def test_system_prompts_offer_the_tools_per_format() -> None:
-    json_tools, llama_tools = make_tools(fmt="json", docs=DOCS), make_tools(fmt="llama3", docs=DOCS)
-    text = tool_system_prompt(json_tools.values(), "json")
-    for tool in json_tools.values():
-        assert json.dumps(tool.spec()) in text
-    text = tool_system_prompt(llama_tools.values(), "llama3")
-    assert text.startswith("Environment: ipython\nTools: brave_search\n")
-    assert '"name": "word_count"' in text and '"name": "code_interpreter"' not in text
-    assert tool_system_prompt([llama_tools["code_interpreter"]], "llama3").startswith("Environment: ipython\n\n")
-    with pytest.raises(ValueError, match="fmt='xml'"):
-        tool_system_prompt(json_tools.values(), "xml")
+    assert score_tool_call(item, "Petra is in Jordan.<|eot_id|>", tools)["right_tool"] is False

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from herd.config import load
 from herd.model import build_model, get_preset
-from herd.scaling.sweep import ScalingJobConfig, SweepError, run_sweep
+from herd.scaling.sweep import SweepError, run_sweep
 from herd.scaling.task import build_items, evaluate
 from herd.tokenizer.train import read_corpus, save_ranks, train_bpe
 
@@ -78,13 +78,13 @@ def test_task_nll_and_accuracy_equal_a_direct_computation() -> None:
 def test_sweep_records_every_run_resumes_and_refuses_other_settings(corpus, tmp_path) -> None:
     out = tmp_path / "sweep"
     overrides = [
-        f"scaling.output={json.dumps(str(out))}", f"scaling.input=[{json.dumps(str(corpus / 'docs.jsonl'))}]",
-        f"scaling.tokenizer={json.dumps(str(corpus / 'tokenizer.model'))}", "scaling.budgets=[2e9, 4e9]",
-        "scaling.holdout_budget=0", "scaling.seq_len=32", "scaling.batch_tokens=256", "scaling.val_fraction=0.1",
+        f"job.dump_folder={json.dumps(str(out))}", f"pack.input=[{json.dumps(str(corpus / 'docs.jsonl'))}]",
+        f"pack.tokenizer={json.dumps(str(corpus / 'tokenizer.model'))}", "scaling.budgets=[2e9, 4e9]",
+        "scaling.holdout_budget=0", "training.seq_len=32", "training.batch_tokens=256", "scaling.val_fraction=0.1",
         "scaling.eval_batches=2", "scaling.task_items=40",
         "scaling.sizes=[{dim=16, n_layers=1}, {dim=32, n_layers=1}, {dim=48, n_layers=2}]",
     ]  # fmt: skip
-    cfg = load(ScalingJobConfig, None, overrides).scaling
+    cfg = load("scaling", None, overrides)
     lines: list[str] = []
     manifest = run_sweep(cfg, log=lines.append)
     runs = manifest["runs"]
@@ -100,7 +100,7 @@ def test_sweep_records_every_run_resumes_and_refuses_other_settings(corpus, tmp_
     again: list[str] = []
     assert run_sweep(cfg, log=again.append)["runs"] == runs and not again  # everything done: nothing retrained
 
-    other = load(ScalingJobConfig, None, [*overrides, "scaling.lr=0.01"]).scaling
+    other = load("scaling", None, [*overrides, "optim.lr=0.01"])
     with pytest.raises(SweepError, match="other settings"):
         run_sweep(other)
 
@@ -116,3 +116,21 @@ def test_herd_plan_prints_the_paper_comparison_and_refuses_no_budget(capsys) -> 
     assert main(["plan", "--gpus", "16384", "--days", "54", "--tp", "8", "--pp", "16", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["memory"]["gib"]["total"] < 80
+
+
+def test_format_sweep_names_the_runs_and_the_failed_ones() -> None:
+    from types import SimpleNamespace
+
+    from herd.scaling.sweep import format_sweep_done, format_sweep_start
+
+    scaling = SimpleNamespace(budgets=[1e12, 2e12], sizes=["s", "m", "l"], holdout_budget=6e12)
+    cfg = SimpleNamespace(scaling=scaling, job=SimpleNamespace(dump_folder="runs/s"))
+    assert format_sweep_start(cfg) == "herd scaling sweep: 2 budgets x 3 shapes + 1 held-out run (7 runs) -> runs/s"
+    runs = [{"name": "a", "status": "done"}, {"name": "b", "status": "failed"}, {"name": "c"}]
+    assert format_sweep_done(cfg, {"runs": runs}, 61.4).splitlines() == [
+        "done in 61s: 3 runs in runs/s/manifest.json; failed: b, c",
+        "next: herd scaling fit runs/s",
+    ]
+    scaling.holdout_budget = 0
+    assert format_sweep_start(cfg) == "herd scaling sweep: 2 budgets x 3 shapes (6 runs) -> runs/s"
+    assert "failed" not in format_sweep_done(cfg, {"runs": runs[:1]}, 1)

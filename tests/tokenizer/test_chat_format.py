@@ -309,3 +309,14 @@ def test_openai_style_messages_are_accepted(fmt) -> None:
     )
     assert m.tool_calls == [ToolCall(name="f", arguments={"a": 1}, call_id="x")]
     assert Message.from_dict({"role": "tool", "content": "ok"}).role == "ipython"
+
+
+def test_format_tokens_marks_the_loss_targets(fmt) -> None:
+    from herd.tokenizer.base import format_tokens
+
+    ids, mask = fmt.encode_dialog([Message(role="user", content="Hi"), Message(role="assistant", content="Hello")])
+    lines = format_tokens(fmt.tokenizer, ids, mask).splitlines()
+    assert lines[0] == " 128000  '<|begin_of_text|>'" and lines[-1] == f"{len(ids)} tokens"
+    assert lines[-3:-1] == ["   9906  'Hello'  [target]", " 128009  '<|eot_id|>'  [target]"]
+    assert sum(line.endswith("[target]") for line in lines) == sum(mask) == 2
+    assert format_tokens(fmt.tokenizer, [], None) == "0 tokens"

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from herd.config import load
-from herd.data.pack import PackConfig, pack
+from herd.config import JobConfig, PackSection, load
+from herd.data.pack import pack
 from herd.data.shards import Shard
 from herd.tokenizer.train import read_corpus, save_ranks, train_bpe
-from herd.train.config import TrainJobConfig
 
 WORDS = [
     "amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "iris", "juniper", "kelp", "lumen",
@@ -47,8 +46,7 @@ def synthetic_shards(tmp_path_factory) -> Path:
     corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
     save_ranks(train_bpe(read_corpus([corpus]), 640), root / "tok" / "tokenizer.model")
     out = root / "shards"
-    pack(PackConfig(input=[str(corpus)], output=str(out), tokenizer=str(root / "tok" / "tokenizer.model"),
-                    shard_tokens=20_000))  # fmt: skip
+    pack(PackSection(input=[str(corpus)], tokenizer=str(root / "tok" / "tokenizer.model"), shard_tokens=20_000), out)
     return out
 
 
@@ -61,7 +59,7 @@ def _unigram_entropy(pack_dir: Path) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def _train_config(run_dir: Path, shards: Path, *overrides: str) -> TrainJobConfig:
+def _train_config(run_dir: Path, shards: Path, *overrides: str) -> JobConfig:
     """A model small enough for a step in a few milliseconds, through the same loader `herd train` uses."""
     base = [
         f"job.dump_folder={json.dumps(str(run_dir))}",
@@ -71,7 +69,7 @@ def _train_config(run_dir: Path, shards: Path, *overrides: str) -> TrainJobConfi
         "optim.lr=0.01", "lr_schedule.warmup_steps=5", "checkpoint.interval=10",
         "metrics.tensorboard=false", "metrics.peak_tflops=1.0", "metrics.log_interval=0",
     ]  # fmt: skip
-    return load(TrainJobConfig, None, [*base, *overrides])
+    return load("train", None, [*base, *overrides])
 
 
 @pytest.fixture

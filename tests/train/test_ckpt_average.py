@@ -12,10 +12,9 @@ from herd.train.trainer import Trainer
 @pytest.fixture(scope="module")
 def trained_run(synthetic_shards, tmp_path_factory):
     from herd.config import load
-    from herd.train.config import TrainJobConfig
 
     run = tmp_path_factory.mktemp("avg") / "run"
-    cfg = load(TrainJobConfig, None, [
+    cfg = load("train", None, [
         f"job.dump_folder='{run}'", f"data.shards=['{synthetic_shards}']", "model.dim=32", "model.n_layers=2",
         "model.n_heads=4", "model.n_kv_heads=2", "training.steps=20", "training.seq_len=32",
         "training.batch_tokens=256", "lr_schedule.warmup_steps=2", "checkpoint.interval=10",

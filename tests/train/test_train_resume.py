@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from herd.config import to_toml
+from herd.config import dump
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -31,7 +31,7 @@ def test_a_run_killed_with_sigkill_resumes_bit_identically(synthetic_shards, tmp
             "faults.spike_batches=[30]", "recovery.spike_warmup=5", f"checkpoint.async_save={str(async_save).lower()}",
         )  # fmt: skip
         configs[name] = tmp_path / f"{name}.toml"
-        configs[name].write_text(to_toml(cfg))
+        configs[name].write_text(dump(cfg, "train"))
     reference = herd_train(configs["reference"])
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
 

@@ -3,13 +3,12 @@ import tomllib
 
 import pytest
 
-from herd.config import ConfigError, load, to_toml
-from herd.train.config import TrainJobConfig
+from herd.config import ConfigError, JobConfig, check_layout, load, to_toml
 from herd.train.schedule import Schedule
 
 
-def config(*overrides: str) -> TrainJobConfig:
-    return load(TrainJobConfig, None, ["data.shards=['x']", *overrides])
+def config(*overrides: str) -> JobConfig:
+    return load("train", None, ["data.shards=['x']", *overrides])
 
 
 def test_warmup_then_cosine_to_the_floor() -> None:
@@ -50,12 +49,12 @@ def test_llama3_ramp_in_tokens_and_anneal_to_zero() -> None:
 
 def test_resolved_config_with_a_ramp_round_trips_through_toml() -> None:
     cfg = config("training.ramp=[{at_tokens=100, batch_tokens=512, seq_len=128}]", "anneal.weights={a=1.0}")
-    again = load(TrainJobConfig, None, [])
+    again = load("train", None, ["data.shards=['x']"])
     raw = tomllib.loads(to_toml(cfg))
     assert raw["training"]["ramp"] == [{"at_tokens": 100, "batch_tokens": 512, "seq_len": 128}]
     from herd.config import build
 
-    assert build(TrainJobConfig, raw) == cfg != again
+    assert build(JobConfig, raw) == cfg != again
 
 
 @pytest.mark.parametrize(
@@ -63,7 +62,7 @@ def test_resolved_config_with_a_ramp_round_trips_through_toml() -> None:
     [
         ("training.batch_tokens=1000", "training.batch_tokens=1000 is not a multiple of seq_len=256"),
         ("training.micro_batch_tokens=300", "training.micro_batch_tokens=300"),
-        ("training.dtype='fp8'", "training.dtype='fp8'"),
+        ("model.dtype='fp8'", "model.dtype='fp8'"),
         ("lr_schedule.warmup_steps=500", "lr_schedule.warmup_steps=500"),
         ("training.ramp=[{at_tokens=0, batch_tokens=512, seq_len=128}]", r"training.ramp\[0\].at_tokens=0"),
         ("data.weights={a=-1.0}", "data.weights.a=-1.0"),
@@ -72,7 +71,7 @@ def test_resolved_config_with_a_ramp_round_trips_through_toml() -> None:
 )
 def test_bad_values_name_their_key(override: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
-        config(override).check()
+        check_layout(config(override), "train", world_size=1, tp=1, pp=1)
 
 
 def test_anneal_reaching_into_the_warmup_is_refused() -> None:

@@ -83,7 +83,7 @@ def test_activation_checkpointing_and_accumulation_do_not_change_the_losses(synt
 
 
 def test_bfloat16_autocast_trains_with_float32_master_weights(synthetic_shards, tmp_path, train_config):
-    cfg = train_config(tmp_path / "run", synthetic_shards, "training.steps=20", "training.dtype='bfloat16'")
+    cfg = train_config(tmp_path / "run", synthetic_shards, "training.steps=20", "model.dtype='bfloat16'")
     trainer = Trainer(cfg)
     trainer.train()
     lines = metrics(tmp_path / "run")

@@ -1,12 +1,7 @@
-"""`herd synth`: post-training data a model can learn from and be measured on, every label checked.
+"""`herd synth` and the checkers of its items: `run_synth` writes the data files, `verifiable_reward` scores one
+response to a prompt's item (for rejection sampling and PPO), `evaluate` measures a model on held-out items.
 
-- tool use (synth_tools.py): dialogs whose calls were executed (code interpreter in the sandbox, search over a
-  local index, custom JSON tools), results in the ipython role;
-- factuality (synth_facts.py): questions from snippets of installed data, the model's answers sampled and judged
-  against the snippet (knowledge probing); known -> its own correct answer kept, consistently wrong -> a refusal;
-- verifiable tasks (synth_tasks.py): arithmetic, formatting and extraction with exact checkers.
-
-Writes into `synth.output`: sft.jsonl (training dialogs), prompts.jsonl (train-split prompts with their checkable
+Writes into `job.dump_folder`: sft.jsonl (training dialogs), prompts.jsonl (train-split prompts with their checkable
 `item`, for rejection sampling and PPO), pairs.jsonl (fact preference pairs: refusal > wrong answer, answer >
 refusal; for the reward model and DPO), eval.jsonl (held-out items: tool, fact and task) and summary.json.
 `evaluate` measures a model on eval items: tool-call validity, refusals on unanswerable vs answerable questions,
@@ -18,17 +13,16 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.config import ConfigError
+from herd.config import JobConfig, SynthSection
 from herd.errors import DataError
 from herd.inference import Engine, SamplingParams
 from herd.model import Transformer
 from herd.posttrain.data import encode_prompt, write_jsonl
 from herd.posttrain.stage import write_json
-from herd.posttrain.synth_facts import (
+from herd.posttrain.synth.facts import (
     fact_eval,
     fact_items,
     make_fact_data,
@@ -37,45 +31,10 @@ from herd.posttrain.synth_facts import (
     probe,
     score_fact,
 )
-from herd.posttrain.synth_tasks import check_task, make_tasks, task_dialog
-from herd.posttrain.synth_tools import make_tool_dialogs, make_tool_eval, make_tools, score_tool_call
+from herd.posttrain.synth.tasks import check_task, make_tasks, task_dialog
+from herd.posttrain.synth.tools import make_tool_dialogs, make_tool_eval, score_tool_call
 from herd.tokenizer import HFTokenizer, Llama3Tokenizer, Tokenizer
-
-
-@dataclass(kw_only=True, slots=True)
-class SynthSection:
-    model: str = ""
-    """The model probed for facts (and whose chat format the data is written in): empty for the embedded
-    smollm2-135m-instruct, an HF/Meta directory or a .gguf."""
-    output: str = "runs/synth"
-    seed: int = 0
-    tool_dialogs: int = 160
-    no_tool_share: float = 0.1
-    """Share of tool dialogs whose request needs no tool (so the model does not call tools blindly)."""
-    max_tools: int = 2
-    """Tools offered per dialog (0: a random subset of all); short prompts keep CPU runs fast."""
-    tasks: int = 240
-    """Verifiable-task SFT dialogs (the answer as the assistant turn)."""
-    rs_prompts: int = 64
-    """Train-split task and tool prompts written to prompts.jsonl for rejection sampling / PPO."""
-    facts: int = 96
-    """Train-split closed-book fact questions probed (open-book variants come on top)."""
-    fact_samples: int = 3
-    fact_open_book: float = 1.0
-    """Share of real fact questions also asked with their snippet in the prompt (answerable from context)."""
-    fact_fictitious: float = 0.15
-    max_new_tokens: int = 32
-    batch_size: int = 32
-    """Rows decoded together when probing and evaluating."""
-    eval_tools: int = 24
-    eval_tasks: int = 36
-    eval_facts: int = 36
-    """Closed-book held-out questions (open-book variants come on top)."""
-
-
-@dataclass(kw_only=True, slots=True)
-class SynthJobConfig:
-    synth: SynthSection = field(default_factory=SynthSection)
+from herd.tools import make_tools
 
 
 def chat_format(tokenizer: Tokenizer) -> str:
@@ -111,25 +70,26 @@ def _tools(fmt: str) -> dict[str, Any]:
     return _TOOLS[fmt]
 
 
-def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: Tokenizer | None = None,
+def run_synth(cfg: JobConfig, *, model: Transformer | None = None, tokenizer: Tokenizer | None = None,
               say: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
-    """Write the data files; `model`/`tokenizer` (else loaded from `s.model`) are probed for the fact data."""
-    _check(s)
+    """Write the data files into job.dump_folder; `model`/`tokenizer` (else loaded from model.init_from) are probed
+    for the fact data."""
+    s, seed = cfg.synth, cfg.job.seed
     if model is None or tokenizer is None:
         from herd.formats.load import load_pretrained
 
-        pretrained = load_pretrained(s.model or None)
+        pretrained = load_pretrained(cfg.model.init_from)
         model, tokenizer = pretrained.model, pretrained.tokenizer
     fmt = chat_format(tokenizer)
-    out = Path(s.output)
+    out = Path(cfg.job.dump_folder)
     t0 = time.perf_counter()
-    rng = random.Random(s.seed)
+    rng = random.Random(seed)
     sft = make_tool_dialogs(rng, s.tool_dialogs, fmt=fmt, no_tool_share=s.no_tool_share, max_tools=s.max_tools)
-    tasks = make_tasks(random.Random(s.seed + 1), s.tasks + s.rs_prompts // 2, split="train")
+    tasks = make_tasks(random.Random(seed + 1), s.tasks + s.rs_prompts // 2, split="train")
     sft += [task_dialog(t) for t in tasks[: s.tasks]]
     prompts = [{"messages": t["messages"], "item": t} for t in tasks[s.tasks :]]
     # Tool prompts for sampling: train-split requests (their dialogs' first two turns), checked like eval items.
-    extra = make_tool_dialogs(random.Random(s.seed + 2), s.rs_prompts - len(prompts), fmt=fmt, no_tool_share=0.0,
+    extra = make_tool_dialogs(random.Random(seed + 2), s.rs_prompts - len(prompts), fmt=fmt, no_tool_share=0.0,
                               max_tools=s.max_tools)  # fmt: skip
     for d in extra:
         call = d["messages"][2]["tool_calls"][0]
@@ -141,11 +101,11 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
 
     engine = Engine(model, tokenizer, max_batch_size=s.batch_size)
     t1 = time.perf_counter()
-    questions = _fact_questions(s, "train", s.facts, s.seed + 3)
-    probed = probe(engine, questions, samples=s.fact_samples, max_new_tokens=s.max_new_tokens, seed=s.seed)
-    facts = make_fact_data(probed, random.Random(s.seed + 4))
+    questions = _fact_questions(s, "train", s.facts, seed + 3)
+    probed = probe(engine, questions, samples=s.fact_samples, max_new_tokens=s.max_new_tokens, seed=seed)
+    facts = make_fact_data(probed, random.Random(seed + 4))
     sft += facts
-    pairs = make_fact_pairs(probed, facts, random.Random(s.seed + 9))
+    pairs = make_fact_pairs(probed, facts, random.Random(seed + 9))
     # Probed questions are prompts too: answer the answerable, refuse the rest (mixed ones have no right action).
     for q in probed:
         if q["label"] != "mixed" or q["open_book"]:
@@ -158,14 +118,14 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
         f"{labels['mixed']} mixed -> {len(facts)} dialogs")  # fmt: skip
 
     t2 = time.perf_counter()
-    held = make_tool_eval(random.Random(s.seed + 5), s.eval_tools, fmt=fmt, max_tools=s.max_tools)
-    held += make_tasks(random.Random(s.seed + 6), s.eval_tasks, split="eval")
-    eval_questions = _fact_questions(s, "eval", s.eval_facts, s.seed + 7)
+    held = make_tool_eval(random.Random(seed + 5), s.eval_tools, fmt=fmt, max_tools=s.max_tools)
+    held += make_tasks(random.Random(seed + 6), s.eval_tasks, split="eval")
+    eval_questions = _fact_questions(s, "eval", s.eval_facts, seed + 7)
     held += fact_eval(probe(engine, eval_questions, samples=s.fact_samples, max_new_tokens=s.max_new_tokens,
-                            seed=s.seed + 1))  # fmt: skip
+                            seed=seed + 1))  # fmt: skip
     say(f"[synth] {len(held)} held-out items (facts labelled by probing) in {time.perf_counter() - t2:.0f}s")
 
-    random.Random(s.seed + 8).shuffle(sft)
+    random.Random(seed + 8).shuffle(sft)
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "prompts.jsonl", prompts)
     write_jsonl(out / "pairs.jsonl", pairs)
@@ -173,6 +133,9 @@ def run_synth(s: SynthSection, *, model: Transformer | None = None, tokenizer: T
     summary = {"format": fmt, "sft_dialogs": len(sft), "tool_dialogs": s.tool_dialogs, "task_dialogs": s.tasks,
                "fact_dialogs": len(facts), "fact_pairs": len(pairs), "fact_labels": labels, "prompts": len(prompts),
                "eval_items": len(held), "seconds": round(time.perf_counter() - t0, 1), "output": str(out)}  # fmt: skip
+    from herd.config import save
+
+    save(cfg, "synth", out / "config.toml")
     write_json(out / "summary.json", summary)
     return summary
 
@@ -183,19 +146,6 @@ def _fact_questions(s: SynthSection, split: str, n: int, seed: int) -> list[dict
     rng = random.Random(seed)
     closed = fact_items(rng, n, split=split, fictitious=s.fact_fictitious)
     return closed + [open_book_variant(q) for q in closed if not q["fictitious"] and rng.random() < s.fact_open_book]
-
-
-def _check(s: SynthSection) -> None:
-    for name in ("tool_dialogs", "tasks", "rs_prompts", "facts", "eval_tools", "eval_tasks", "eval_facts",
-                 "max_tools"):  # fmt: skip
-        if getattr(s, name) < 0:
-            raise ConfigError(f"synth.{name} must be >= 0, got {getattr(s, name)}")
-    for name in ("fact_samples", "max_new_tokens", "batch_size"):
-        if getattr(s, name) < 1:
-            raise ConfigError(f"synth.{name} must be >= 1, got {getattr(s, name)}")
-    for name in ("no_tool_share", "fact_open_book", "fact_fictitious"):
-        if not 0 <= getattr(s, name) <= 1:
-            raise ConfigError(f"synth.{name} must be in [0, 1], got {getattr(s, name)}")
 
 
 def evaluate(
@@ -236,3 +186,10 @@ def evaluate(
     metrics["counts"] = {k: len(v) for k, v in sorted(counts.items())}
     metrics["responses"] = responses
     return metrics
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    return (f"done in {s['seconds']}s ({s['format']} chat format): {s['sft_dialogs']} SFT dialogs "
+            f"({s['tool_dialogs']} tool, {s['task_dialogs']} task, {s['fact_dialogs']} fact), {s['prompts']} "
+            f"prompts, {s['fact_pairs']} fact pairs, {s['eval_items']} held-out items -> "
+            f"{s['output']}/{{sft,prompts,pairs,eval}}.jsonl")  # fmt: skip

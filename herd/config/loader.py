@@ -1,8 +1,9 @@
-"""One typed config tree per command: dataclass defaults <- TOML file <- `--section.key=value` overrides.
+"""The machinery under the config tree: TOML and `section.key=value` overrides -> typed dataclasses, and back.
 
 Sections are `@dataclass(kw_only=True, slots=True)` classes whose fields carry a docstring (the `--help` text).
 Unknown keys are errors, values are checked against the field types, and the resolved config is written
-back as TOML beside every run so that a run can be repeated exactly.
+back as TOML beside every run so that a run can be repeated exactly. Which sections a command reads, and its
+defaults, are herd/config/job.py's.
 """
 
 from __future__ import annotations
@@ -11,30 +12,39 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from herd.errors import HerdError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(HerdError):
     """A config file or override that does not fit the config tree."""
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build `cls` from defaults, then the TOML file at `path`, then `section.key=value` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML ({e})") from None
+def read_toml(path: str | Path | None) -> dict[str, Any]:
+    """The TOML file at `path` as nested dicts ({} for None)."""
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+
+
+def load_as(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build any dataclass tree `cls` from defaults, then the TOML file at `path`, then `key=value` overrides."""
+    raw = read_toml(path)
     for item in overrides or []:
-        _apply_override(cls, raw, item)
+        apply_override(cls, raw, item)
     return build(cls, raw, source=str(path or "defaults"))
 
 
@@ -58,7 +68,7 @@ def build(cls: type[T], raw: dict[str, Any], *, source: str = "config", prefix: 
 
 
 def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, source=source, prefix=key)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -88,7 +98,7 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
     raise ConfigError(f"{source}: {key} must be {getattr(hint, '__name__', hint)}, got {value!r:.60}")
 
 
-def _apply_override(cls: type, raw: dict[str, Any], item: str) -> None:
+def apply_override(cls: type, raw: dict[str, Any], item: str) -> None:
     """`a.b.c=value`: the value is parsed as TOML (numbers, booleans, lists, quoted strings), else kept as text."""
     key, sep, text = item.removeprefix("--").partition("=")
     if not sep or not key:
@@ -98,7 +108,8 @@ def _apply_override(cls: type, raw: dict[str, Any], item: str) -> None:
     except tomllib.TOMLDecodeError:
         value = text
     parts = key.split(".")
-    node, hint_cls = raw, cls
+    node = raw
+    hint_cls: Any = cls  # then the type hint of each key on the path (None below one that is no dataclass)
     for i, part in enumerate(parts):
         fields = {f.name for f in dataclasses.fields(hint_cls)} if dataclasses.is_dataclass(hint_cls) else None
         if fields is not None and part not in fields:
@@ -115,13 +126,16 @@ def _apply_override(cls: type, raw: dict[str, Any], item: str) -> None:
         hint_cls = typing.get_type_hints(hint_cls)[part] if fields is not None else None
 
 
-def to_toml(cfg: Any) -> str:
-    """The resolved config as TOML (tables for nested sections; None values are left out)."""
+def to_toml(cfg: Any, keep: Callable[[str], bool] = lambda path: True) -> str:
+    """The resolved config as TOML (tables for nested sections; None values are left out); `keep(dotted path)`
+    chooses the keys written."""
     lines: list[str] = []
 
     def emit(obj: Any, prefix: str) -> None:
         scalars, tables, arrays = [], [], []
         for f in dataclasses.fields(obj):
+            if not keep(f"{prefix}.{f.name}" if prefix else f.name):
+                continue
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value):
                 tables.append((f.name, value))

@@ -35,7 +35,7 @@ from typing import Any
 
 from herd.errors import DataError
 from herd.inference import Engine, SamplingParams
-from herd.posttrain.synth_tasks import SPLITS, split_of
+from herd.posttrain.synth.tasks import SPLITS, split_of
 
 # question kind -> (family, question templates, topic for refusals); "{s}" is the question's subject
 _QUESTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -176,7 +176,7 @@ def fact_items(
     pools = {f: [q for q in _questions(f) if split_of(q["key"]) == split] for f in names}
     for pool in pools.values():
         rng.shuffle(pool)
-    items = []
+    items: list[dict[str, Any]] = []
     for _ in range(n - n_fictitious):
         live = [f for f in names if pools[f]]
         if not live:
@@ -383,8 +383,8 @@ def _char_subject(ch: str) -> str:
     return f"'{ch}' (U+{ord(ch):04X})"
 
 
-_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
-_ORDINALS += ("eleventh", "twelfth")
+_ORDINALS: tuple[str, ...] = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
+_ORDINALS += ("tenth", "eleventh", "twelfth")
 _ORDINAL_SUFFIX = {1: "st", 2: "nd", 3: "rd"}
 _UNICODE_BLOCKS = ((0x21, 0x7E), (0xA1, 0xFF), (0x391, 0x3C9), (0x20A0, 0x20C0), (0x2190, 0x21FF), (0x2200, 0x22FF))
 
@@ -408,14 +408,14 @@ def _questions(family: str) -> Iterator[dict[str, Any]]:
         for lo, hi in _UNICODE_BLOCKS:
             for cp in range(lo, hi + 1):
                 ch = chr(cp)
-                if (name := unicodedata.name(ch, None)) is None:
+                if (uname := unicodedata.name(ch, None)) is None:
                     continue
-                snippet = f"The character {ch} (U+{cp:04X}) is named {name} in Unicode {unicodedata.unidata_version}."
-                yield _question("unicode_name", f"unicode_name:{cp:04X}", _char_subject(ch), name, snippet)
+                snippet = f"The character {ch} (U+{cp:04X}) is named {uname} in Unicode {unicodedata.unidata_version}."
+                yield _question("unicode_name", f"unicode_name:{cp:04X}", _char_subject(ch), uname, snippet)
     elif family == "errno":
-        for code, name in sorted(errno.errorcode.items()):
-            message = os.strerror(code)
-            snippet = f"errno {name} ({code} on this system) means: {message}."
+        for errnum, name in sorted(errno.errorcode.items()):
+            message = os.strerror(errnum)
+            snippet = f"errno {name} ({errnum} on this system) means: {message}."
             yield _question("errno", f"errno:{name}", name, message, snippet)
     elif family == "mime_type":
         for ext, mime in sorted(mimetypes.MimeTypes().types_map[True].items()):

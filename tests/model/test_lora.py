@@ -7,7 +7,7 @@ from torch import nn
 
 from herd.errors import ModelError
 from herd.model import ModelArgs, build_model
-from herd.posttrain.lora import DEFAULT_TARGETS, LoRALinear, apply_lora, has_lora, lora_state_dict, merge_lora
+from herd.model.lora import DEFAULT_TARGETS, LoRALinear, apply_lora, has_lora, lora_state_dict, merge_lora
 
 ARGS = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, ffn_hidden_dim=48, max_seq_len=32)
 

@@ -6,19 +6,14 @@ executed, its result comes back in an "ipython" turn, and the assistant answers 
     system (the tools on offer) -> user request -> assistant call -> ipython result -> assistant answer
 
 with the request, call and answer filled in from templates and sampled values, and the result the real output of
-the call: custom JSON tools run a deterministic Python function (convert_units, date_diff, http_status,
-word_count), code_interpreter runs in `herd.tools.sandbox`, search queries a BM25 `herd.tools.SearchIndex` over
-given documents (by default the first docstring paragraph of the installed stdlib modules, read at run time). A draw
-whose call fails to execute, or whose result does not answer the request, is dropped and drawn again, so every
-stored call is valid. A small share of dialogs needs no tool and is answered directly, so the model does not learn
-to call a tool for every request.
+the call with the built-in tools of `herd.tools.builtin` (custom JSON tools, code_interpreter in the sandbox,
+search over given documents). A draw whose call fails to execute, or whose result does not answer the request, is
+dropped and drawn again, so every stored call is valid. A small share of dialogs needs no tool and is answered
+directly, so the model does not learn to call a tool for every request.
 
-Two chat formats, both written as herd's neutral messages (the data layer renders them):
-- "llama3": Meta's Llama 3.1 format. code_interpreter and search (named brave_search, the built-in the model knows)
-  are turned on by the system prompt's "Environment: ipython" / "Tools:" lines; custom tools are described as
-  JSON. Built-in calls end the turn with <|eom_id|> (stop_reason "end_of_message"), as in Meta's prompt guide.
-- "json": any chat template. Every tool is a JSON schema in the system message, a call is a bare JSON object
-  {"name", "arguments"} as the assistant's text, the result comes back in a "tool" turn.
+Dialogs come in the two chat formats of `herd.tools.calls` ("llama3", "json"), both written as herd's neutral
+messages (the data layer renders them); `score_tool_call` checks a model's response to an eval item with the same
+protocol (parse, check the arguments, execute).
 
 [Note: disjoint eval] Eval items are disjoint from training data whatever the seeds: each task's last user phrasing
 is used only for eval, and a call goes to eval exactly when crc32 of (tool, arguments) is 0 mod 5, so no eval
@@ -28,309 +23,23 @@ appears in training dialogs.
 
 from __future__ import annotations
 
-import ast
-import contextlib
-import functools
-import importlib.util
 import json
-import math
 import random
-import re
-import sys
-import tokenize
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from http import HTTPStatus
 from typing import Any
 
 from herd.errors import ToolError
-from herd.tokenizer.chat_format import BUILTIN_TOOLS, custom_tools_prompt, parse_assistant_text, system_prompt
-from herd.tools import SearchIndex, run_python
+from herd.tokenizer.chat_format import BUILTIN_TOOLS
+from herd.tools.builtin import LENGTH_M, MASS_KG, TEMPERATURES, UNIT_NAMES, default_docs, make_tools, search_name
+from herd.tools.calls import Tool, check_format, execute_tool_call, read_tool_call, tool_system_prompt
 
-FORMATS = ("json", "llama3")
 EVAL_BUCKETS = 5
 """One call in EVAL_BUCKETS (by crc32 of tool and arguments) is held out for eval."""
 _MAX_DRAWS = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    """JSON schema of the arguments: {"type": "object", "properties": {...}, "required": [...]}."""
-    run: Callable[..., str]
-    """Executes a call (arguments as keywords) and returns the result text; raises ToolError."""
-
-    def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "parameters": self.parameters}
-
-
-# ---------------------------------------------------------------------------------------------
-# Tool implementations
-
-_LENGTH_M = {"m": 1.0, "km": 1000.0, "cm": 0.01, "mm": 0.001, "mi": 1609.344, "yd": 0.9144, "ft": 0.3048, "in": 0.0254}
-_MASS_KG = {"kg": 1.0, "g": 0.001, "mg": 1e-6, "t": 1000.0, "lb": 0.45359237, "oz": 0.028349523125}
-_TEMPERATURE = ("C", "F", "K")
-_UNIT_NAMES = {
-    "m": "meters", "km": "kilometers", "cm": "centimeters", "mm": "millimeters", "mi": "miles", "yd": "yards",
-    "ft": "feet", "in": "inches", "kg": "kilograms", "g": "grams", "mg": "milligrams", "t": "tonnes",
-    "lb": "pounds", "oz": "ounces", "C": "degrees Celsius", "F": "degrees Fahrenheit", "K": "kelvin",
-}  # fmt: skip
-
-
-def convert_units(value: float, from_unit: str, to_unit: str) -> str:
-    for table in (_LENGTH_M, _MASS_KG):
-        if from_unit in table and to_unit in table:
-            result = value * table[from_unit] / table[to_unit]
-            break
-    else:
-        if from_unit not in _TEMPERATURE or to_unit not in _TEMPERATURE:
-            raise ToolError(f"cannot convert {from_unit!r} to {to_unit!r}: not a length, mass or temperature pair")
-        kelvin = {"C": value + 273.15, "F": (value - 32) * 5 / 9 + 273.15, "K": value}[from_unit]
-        if kelvin < 0:
-            raise ToolError(f"{value} {from_unit} is below absolute zero")
-        result = {"C": kelvin - 273.15, "F": (kelvin - 273.15) * 9 / 5 + 32, "K": kelvin}[to_unit]
-    if not math.isfinite(result):
-        raise ToolError(f"converting {value} {from_unit} to {to_unit} overflows")
-    return json.dumps({"result": float(f"{result:.6g}"), "unit": to_unit})
-
-
-def date_diff(start: str, end: str) -> str:
-    days = []
-    for key, value in (("start", start), ("end", end)):
-        try:
-            days.append(date.fromisoformat(value))
-        except ValueError:
-            raise ToolError(f"{key}={value!r} is not an ISO date (YYYY-MM-DD)") from None
-    return json.dumps({"days": (days[1] - days[0]).days})
-
-
-def http_status(code: int) -> str:
-    try:
-        status = HTTPStatus(code)
-    except ValueError:
-        raise ToolError(f"code={code} is not an HTTP status code") from None
-    return json.dumps({"code": status.value, "phrase": status.phrase, "description": status.description})
-
-
-def word_count(text: str) -> str:
-    return json.dumps({"words": len(text.split()), "characters": len(text)})
-
-
-def code_interpreter(code: str) -> str:
-    result = run_python(code)
-    if not result.ok:
-        raise ToolError(f"code failed: {result.error}")
-    return result.stdout
-
-
-def _string(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "string", "description": description, **extra}
-
-
-def _schema(properties: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": list(properties)}
-
-
-def make_tools(*, fmt: str, docs: list[dict[str, Any]] | None = None) -> dict[str, Tool]:
-    """Every tool, by name. Search runs over `docs` ({"title", "text", "url"?}), default `default_docs()`; it is
-    named brave_search in the llama3 format (the built-in Llama 3.1 knows) and search in the json format."""
-    _check_format(fmt)
-    index = SearchIndex(default_docs() if docs is None else docs)
-    units = list(_UNIT_NAMES)
-    unit_help = ", ".join(f"{u} ({name})" for u, name in _UNIT_NAMES.items())
-    conversion = {
-        "value": {"type": "number", "description": "The amount to convert."},
-        "from_unit": _string("The unit of the value.", enum=units),
-        "to_unit": _string("The unit to convert to.", enum=units),
-    }
-    tools = [
-        Tool(
-            "convert_units",
-            f"Convert a length, mass or temperature from one unit to another of the same kind. Units: {unit_help}.",
-            _schema(conversion),
-            convert_units,
-        ),
-        Tool(
-            "date_diff",
-            "The number of days from the start date to the end date (negative when the end is earlier).",
-            _schema({"start": _string("ISO date, YYYY-MM-DD."), "end": _string("ISO date, YYYY-MM-DD.")}),
-            date_diff,
-        ),
-        Tool(
-            "http_status",
-            "The reason phrase and meaning of an HTTP status code.",
-            _schema({"code": {"type": "integer", "description": "The status code, e.g. 404."}}),
-            http_status,
-        ),
-        Tool(
-            "word_count",
-            "Count the words (separated by whitespace) and the characters of a text.",
-            _schema({"text": _string("The text to count.")}),
-            word_count,
-        ),
-        Tool(
-            "code_interpreter",
-            "Run Python code and return what it prints to stdout; print() every result you need.",
-            _schema({"code": _string("A Python program.")}),
-            code_interpreter,
-        ),
-        Tool(
-            _search_name(fmt),
-            "Search the documentation and return the best matching passages (title, snippet, url).",
-            _schema({"query": _string("Search terms.")}),
-            lambda query: json.dumps(index.search(query, k=3)),
-        ),
-    ]
-    return {tool.name: tool for tool in tools}
-
-
-def _search_name(fmt: str) -> str:
-    return "brave_search" if fmt == "llama3" else "search"
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt={fmt!r}: expected one of {', '.join(FORMATS)}")
-
-
-@functools.cache
-def _stdlib_docs() -> tuple[tuple[str, str], ...]:
-    docs = []
-    for name in sorted(sys.stdlib_module_names):
-        spec = None if name.startswith("_") else importlib.util.find_spec(name)  # finds the file, imports nothing
-        if spec is None or not (spec.origin or "").endswith(".py"):
-            continue
-        with open(spec.origin, "rb") as f:
-            # The first token is enough: parsing whole modules would take seconds.
-            first = next(t for t in tokenize.tokenize(f.readline) if t.type not in _SKIPPED_TOKENS)
-        doc = ast.literal_eval(first.string) if first.type == tokenize.STRING else None
-        if isinstance(doc, str) and doc.strip():
-            docs.append((name, " ".join(doc.strip().split("\n\n")[0].split())))
-    return tuple(docs)
-
-
-_SKIPPED_TOKENS = (tokenize.ENCODING, tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE)
-
-
-def default_docs() -> list[dict[str, str]]:
-    """{"title": module, "text": first docstring paragraph} for each stdlib module of this Python with a docstring
-    in a .py file (about 140 on CPython 3.11): no network and no data files, but they vary with the Python version."""
-    return [{"title": name, "text": text} for name, text in _stdlib_docs()]
-
-
-# ---------------------------------------------------------------------------------------------
-# System prompts, parsing, checking and executing calls
-
-
-_JSON_TOOLS_PROMPT = (
-    "You can use these tools, each described by a JSON schema:\n{tools}\n\n"
-    'To call a tool, reply with only a JSON object {{"name": <tool name>, "arguments": {{<argument>: <value>}}}} '
-    "and nothing else. The result comes back in a tool message; then answer the user from it. "
-    "If no tool is needed, answer directly."
-)
-
-
-def tool_system_prompt(tools: Iterable[Tool], fmt: str) -> str:
-    """The system message that offers `tools` in chat format `fmt`."""
-    _check_format(fmt)
-    tools = list(tools)
-    if fmt == "json":
-        return _JSON_TOOLS_PROMPT.format(tools="\n".join(json.dumps(t.spec()) for t in tools))
-    builtins = [t.name for t in tools if t.name in BUILTIN_TOOLS]
-    custom = [t.spec() for t in tools if t.name not in BUILTIN_TOOLS]
-    instructions = custom_tools_prompt(custom) if custom else ""
-    return system_prompt(tools=builtins, custom_tools=bool(custom), instructions=instructions)
-
-
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
-
-
-def parse_tool_call(text: str, fmt: str) -> dict[str, Any] | None:
-    """{"name", "arguments"} of the tool call in a model response, or None when it is not exactly one call.
-
-    json: the stripped response (a ```json fence allowed) is one JSON object with "name" and "arguments" (or
-    "parameters"). llama3: the response read as a Llama 3.1 assistant turn (`parse_assistant_text`).
-    """
-    try:
-        return _read_call(text, fmt)
-    except ToolError:
-        return None
-
-
-def _read_call(text: str, fmt: str) -> dict[str, Any]:
-    _check_format(fmt)
-    if fmt == "llama3":
-        message = parse_assistant_text(text)
-        if not message.tool_calls:
-            raise ToolError(f"no tool call in the response {text!r:.60}")
-        call = message.tool_calls[0]
-        return {"name": call.name, "arguments": call.arguments}
-    text = text.strip()
-    if (fence := _FENCE.fullmatch(text)) is not None:
-        text = fence.group(1)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ToolError(f"response is not JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        raise ToolError(f"response {text!r:.60} is not a JSON object with a string 'name'")
-    args = obj.get("arguments", obj.get("parameters"))
-    if isinstance(args, str):  # OpenAI writes arguments as a JSON string
-        with contextlib.suppress(json.JSONDecodeError):
-            args = json.loads(args)
-    if not isinstance(args, dict):
-        raise ToolError(f"call to {obj['name']!r} has no 'arguments' object")
-    return {"name": obj["name"], "arguments": args}
-
-
-_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "string": str,
-    "number": (int, float),
-    "integer": int,
-    "boolean": bool,
-    "object": dict,
-    "array": list,
-}
-
-
-def _has_type(value: Any, kind: str) -> bool:
-    if isinstance(value, bool) and kind != "boolean":  # bool is an int in Python, not in JSON
-        return False
-    if isinstance(value, float) and not math.isfinite(value):
-        return False
-    return isinstance(value, _JSON_TYPES[kind])
-
-
-def check_arguments(tool: Tool, arguments: Any) -> None:
-    """Raises ToolError unless `arguments` fit the tool's schema: required present, no unknown keys, types and
-    enums right."""
-    if not isinstance(arguments, dict):
-        raise ToolError(f"{tool.name}: arguments must be an object, got {type(arguments).__name__}")
-    properties = tool.parameters.get("properties", {})
-    if unknown := sorted(arguments.keys() - properties.keys()):
-        raise ToolError(f"{tool.name}: unknown arguments {unknown}; expected {sorted(properties)}")
-    if missing := [key for key in tool.parameters.get("required", []) if key not in arguments]:
-        raise ToolError(f"{tool.name}: missing required arguments {missing}")
-    for key, value in arguments.items():
-        spec = properties[key]
-        if not _has_type(value, spec["type"]):
-            raise ToolError(f"{tool.name}: argument {key}={value!r:.40} is not a {spec['type']}")
-        if "enum" in spec and value not in spec["enum"]:
-            raise ToolError(f"{tool.name}: argument {key}={value!r:.40} is not one of {spec['enum']}")
-
-
-def execute_tool_call(call: Mapping[str, Any], tools: Mapping[str, Tool]) -> str:
-    """The result text of `call` ({"name", "arguments"}) after checking it against the tool's schema; raises
-    ToolError for an unknown tool, bad arguments or a failed execution."""
-    tool = tools.get(call["name"])
-    if tool is None:
-        raise ToolError(f"unknown tool {call['name']!r}; tools are {', '.join(tools)}")
-    check_arguments(tool, call["arguments"])
-    return tool.run(**call["arguments"])
 
 
 def score_tool_call(item: Mapping[str, Any], response: str, tools: Mapping[str, Tool]) -> dict[str, Any]:
@@ -340,7 +49,7 @@ def score_tool_call(item: Mapping[str, Any], response: str, tools: Mapping[str, 
     runs without error). right_tool: it names the item's expected tool. error: why it is not valid, else None.
     """
     try:
-        call = _read_call(response, item["fmt"])
+        call = read_tool_call(response, item["fmt"])
     except ToolError as e:
         return {"valid": False, "right_tool": False, "error": str(e)}
     right_tool = call["name"] == item["tool"]
@@ -377,14 +86,15 @@ def _read_stdout(fields: dict[str, Any], output: str) -> dict[str, Any]:
 
 
 def _draw_conversion(rng: random.Random, docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    units = rng.choice((list(_LENGTH_M), list(_MASS_KG), list(_TEMPERATURE)))
+    units = rng.choice((list(LENGTH_M), list(MASS_KG), list(TEMPERATURES)))
     from_unit, to_unit = rng.sample(units, 2)
-    if from_unit in _TEMPERATURE:
+    value: float  # an int, or a float with one decimal
+    if from_unit in TEMPERATURES:
         value = rng.randint(230, 390) if from_unit == "K" else rng.randint(-40, 110)
     else:
         value = rng.choice((rng.randint(2, 500), round(rng.uniform(0.1, 100), 1)))
     args = {"value": value, "from_unit": from_unit, "to_unit": to_unit}
-    return args, {"value": value, "src": _UNIT_NAMES[from_unit], "dst": _UNIT_NAMES[to_unit]}
+    return args, {"value": value, "src": UNIT_NAMES[from_unit], "dst": UNIT_NAMES[to_unit]}
 
 
 def _read_conversion(fields: dict[str, Any], output: str) -> dict[str, Any]:
@@ -624,7 +334,7 @@ def _draw(rng: random.Random, tools: dict[str, Tool], docs: list[dict[str, Any]]
         args, fields = task.draw(rng, docs)
         if _is_eval(task.tool, args) != held_out:
             continue
-        call = {"name": _search_name(fmt) if task.tool == "search" else task.tool, "arguments": args}
+        call = {"name": search_name(fmt) if task.tool == "search" else task.tool, "arguments": args}
         try:
             output = execute_tool_call(call, tools)
         except ToolError as e:
@@ -661,7 +371,7 @@ def make_tool_dialogs(
 ) -> list[dict[str, Any]]:
     """`n` SFT records {"messages": [system, user, assistant call, ipython result, assistant answer]}, or
     [system, user, assistant] for the `no_tool_share` that needs no tool. Every call was executed."""
-    _check_format(fmt)
+    check_format(fmt)
     docs = default_docs() if docs is None else docs
     tools = make_tools(fmt=fmt, docs=docs)
     records = []
@@ -697,7 +407,7 @@ def make_tool_eval(
     """`n` held-out items {"kind": "tool", "fmt", "messages": [system, user], "tool", "arguments"}: "tool" is the
     expected tool's name, "arguments" one call that executes and answers. Disjoint from `make_tool_dialogs` data
     (see [Note: disjoint eval])."""
-    _check_format(fmt)
+    check_format(fmt)
     docs = default_docs() if docs is None else docs
     tools = make_tools(fmt=fmt, docs=docs)
     items = []

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from herd.errors import ModelError
+from herd.model.llama import Transformer
 
 DEFAULT_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
@@ -53,7 +54,7 @@ def has_lora(model: nn.Module) -> bool:
 
 
 def apply_lora(
-    model: nn.Module,
+    model: Transformer,
     *,
     rank: int,
     alpha: float,
