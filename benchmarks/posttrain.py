@@ -15,7 +15,10 @@ downloaded.
    sigmoid loss (herd's NLL term off). Chosen = the task's answer, rejected = a wrong one. Also vs herd at
    `--before` (its own loop, `herd.posttrain.stage.optimize`), unpacked from git into a temporary directory and
    imported from there by its worker process.
-3. Reward model: herd's `run_rm` vs herd at `--before`, on the same pairs (Bradley-Terry, no edits).
+3. Reward model: herd's `run_rm` vs herd at `--before`, on the same pairs (Bradley-Terry, no edits). SFT is also
+   run at `--before` (the Trainer it ran on changed in the move).
+   herd and herd at `--before` alternate over `--rounds` runs each (the order flips every round) and their timed
+   steps are pooled, so a drift in the machine's speed favours neither.
 4. Rejection sampling: `herd.posttrain.rejection.sample` (the batched Engine) vs `model.generate` with left padding,
    K samples per prompt, temperature 0.8, the same batch rows, float32 for both (herd's `herd rs` runs the float32
    master weights without autocast). Rows stop at the end-of-turn token in both.
@@ -55,7 +58,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("sft", "dpo", "rm", "rs")
-PEERS = {"sft": ("trl",), "dpo": ("herd-before", "trl"), "rm": ("herd-before",), "rs": ("transformers",)}
+PEERS = {"sft": ("herd-before", "trl"), "dpo": ("herd-before", "trl"), "rm": ("herd-before",), "rs": ("transformers",)}
 BEFORE = "1014838"
 """The last commit before the reward model, DPO and PPO moved onto the pretraining Trainer."""
 
@@ -126,20 +129,46 @@ def wrong_answer(item: dict[str, Any], items: list[dict[str, Any]], rng: random.
 # Workers: one measurement each, in a fresh process
 
 
+SFT_SETTINGS = [
+    "training.seq_len={max_length}", "training.batch_tokens={batch_tokens}", "optim.lr={lr}", "optim.weight_decay=0.0",
+    "optim.grad_clip=1.0", "lr_schedule.warmup_steps=1", "lr_schedule.decay='linear'", "lr_schedule.min_lr_ratio=0.0",
+    "checkpoint.interval=0", "metrics.tensorboard=false", "metrics.progress=false", "metrics.log_interval=0",
+    "metrics.peak_tflops=1.0",
+]  # fmt: skip
+
+
+def sft_settings(a: argparse.Namespace) -> list[str]:
+    return [x.format(max_length=a.max_length, batch_tokens=a.herd_rows * a.max_length, lr=a.lr) for x in SFT_SETTINGS]
+
+
 def sft_herd(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     from herd.config import load
     from herd.posttrain.sft import build_sft
 
     cfg = load("sft", None, [
-        f"job.dump_folder='{work / 'herd-sft'}'", f"data.files=['{work / 'sft.jsonl'}']",
-        f"training.steps={a.steps + 1}", f"training.seq_len={a.max_length}",
-        f"training.batch_tokens={a.herd_rows * a.max_length}", "model.dtype='bfloat16'",
-        f"optim.lr={a.lr}", "optim.weight_decay=0.0", "optim.grad_clip=1.0",
-        "lr_schedule.warmup_steps=1", "lr_schedule.decay='linear'", "lr_schedule.min_lr_ratio=0.0",
-        "checkpoint.interval=0", "metrics.tensorboard=false", "metrics.progress=false", "metrics.log_interval=0",
-        "metrics.peak_tflops=1.0",
+        f"job.dump_folder='{work / f'herd-sft-{a.round}'}'", f"data.files=['{work / 'sft.jsonl'}']",
+        f"training.steps={a.steps + 1}", "model.dtype='bfloat16'", *sft_settings(a),
     ])  # fmt: skip
     trainer, loader = build_sft(cfg)
+    return timed_sft_steps(a, trainer, loader)
+
+
+def sft_herd_before(a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The same at commit --before, through its API of the time (its train config held [posttrain])."""
+    from herd.train.config import TrainJobConfig  # type: ignore[import-not-found]  # the old tree's module
+
+    from herd.config import load
+    from herd.posttrain.sft import build_sft
+
+    cfg = load(TrainJobConfig, None, [
+        f"job.dump_folder='{work / f'herd-before-sft-{a.round}'}'", f"posttrain.sft_data=['{work / 'sft.jsonl'}']",
+        f"training.steps={a.steps + 1}", "training.dtype='bfloat16'", *sft_settings(a),
+    ])  # fmt: skip
+    trainer, loader = build_sft(cfg)
+    return timed_sft_steps(a, trainer, loader)
+
+
+def timed_sft_steps(a: argparse.Namespace, trainer, loader) -> dict[str, Any]:
 
     def consumed() -> int:
         return loader.epoch * len(loader.examples) + loader.pos
@@ -155,7 +184,8 @@ def sft_herd(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     total = sum(times)
     return {"step_s": times, "samples_per_step": samples, "samples_per_s": sum(samples) / total,
             "tokens_per_step": a.herd_rows * a.max_length, "rows_per_step": a.herd_rows,
-            "deterministic_algorithms": cfg.job.deterministic, "optim": "torch.optim.AdamW (foreach)"}  # fmt: skip
+            "deterministic_algorithms": trainer.cfg.job.deterministic,
+            "optim": "torch.optim.AdamW (foreach)"}  # fmt: skip
 
 
 def sft_trl(a: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -191,7 +221,7 @@ def pairs_herd(stage: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
     from herd.posttrain.dpo import run_dpo
     from herd.posttrain.reward import run_rm
 
-    run_dir = work / f"herd-{stage}"
+    run_dir = work / f"herd-{stage}-{a.round}"
     cfg = load(stage, None, [
         f"job.dump_folder='{run_dir}'", f"job.seed={a.seed}", "model.dtype='bfloat16'",
         f"data.files=['{work / 'pairs.jsonl'}']", "data.eval_fraction=0.0", f"training.seq_len={a.max_length}",
@@ -210,7 +240,7 @@ def pairs_herd_before(stage: str, a: argparse.Namespace, work: Path) -> dict[str
     from herd.posttrain.dpo import run_dpo
     from herd.posttrain.reward import run_rm
 
-    run_dir = work / f"herd-before-{stage}"
+    run_dir = work / f"herd-before-{stage}-{a.round}"
     common = {"job": c.JobSection(dump_folder=str(run_dir), seed=a.seed), "model": c.ModelSection(dtype="bfloat16"),
               "data": c.DataSection(train=[str(work / "pairs.jsonl")], eval_fraction=0.0, max_seq_len=a.max_length),
               "optim": c.OptimSection(lr=a.lr, weight_decay=0.0, epochs=1.0, batch_size=a.dpo_batch_size,
@@ -349,7 +379,8 @@ def record_batch_shapes(trainer) -> list[tuple[int, ...]]:
 
 
 WORKERS = {
-    ("sft", "herd"): sft_herd, ("sft", "trl"): sft_trl, ("dpo", "trl"): dpo_trl, ("rs", "herd"): rs_herd,
+    ("sft", "herd"): sft_herd, ("sft", "herd-before"): sft_herd_before, ("sft", "trl"): sft_trl,
+    ("dpo", "trl"): dpo_trl, ("rs", "herd"): rs_herd,
     ("rs", "transformers"): rs_transformers,
     **{(stage, "herd"): partial(pairs_herd, stage) for stage in ("dpo", "rm")},
     **{(stage, "herd-before"): partial(pairs_herd_before, stage) for stage in ("dpo", "rm")},
@@ -366,11 +397,45 @@ def worker(a: argparse.Namespace) -> None:
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc().splitlines()[-12:]
-    (work / f"result-{stage}-{framework}.json").write_text(json.dumps(result))
+    (work / f"result-{stage}-{framework}-{a.round}.json").write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------------------------------------
 # Main: set up, run each worker in its own process, collect and print
+
+
+def run_worker(stage: str, framework: str, rnd: int, argv: list[str], env: dict[str, str], before: Path,
+               work: Path) -> dict[str, Any]:  # fmt: skip
+    """One measurement in its own process; its result, or the error it died with."""
+    t0, load_before = time.perf_counter(), os.getloadavg()[0]
+    log = work / f"log-{stage}-{framework}-{rnd}.txt"
+    # The old tree goes first on the path, so its worker imports that herd instead of this one.
+    run_env = {**env, "PYTHONPATH": str(before)} if framework == "herd-before" else env
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, __file__, *argv, "--worker", f"{stage}:{framework}", "--round", str(rnd)],
+                       env=run_env, stdout=f, stderr=subprocess.STDOUT, check=False)  # fmt: skip
+    path = work / f"result-{stage}-{framework}-{rnd}.json"
+    if path.is_file():
+        r = json.loads(path.read_text())
+    else:  # the process died before it could write a result
+        tail = log.read_text(errors="replace").splitlines()[-12:]
+        r = {"framework": framework, "threads": None, "error": tail[-1] if tail else "no output", "traceback": tail}
+    r["process_s"] = round(time.perf_counter() - t0, 1)
+    r["load_avg_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return r
+
+
+def merge_rounds(runs: list[dict[str, Any]], a: argparse.Namespace) -> dict[str, Any]:
+    """One result from several rounds of the same measurement: all their timed steps together."""
+    if len(runs) == 1 or any("error" in r for r in runs):
+        return next((r for r in runs if "error" in r), runs[0])
+    times = [t for r in runs for t in r["step_s"]]
+    if "samples_per_step" in runs[0]:  # SFT: dialogs per step vary with the packing
+        samples = [n for r in runs for n in r["samples_per_step"]]
+        return {**runs[0], "step_s": times, "samples_per_step": samples, "samples_per_s": sum(samples) / sum(times),
+                "samples_per_s_rounds": [round(r["samples_per_s"], 3) for r in runs]}  # fmt: skip
+    return {**runs[0], "step_s": times, "pairs_per_s": a.dpo_batch_size * len(times) / sum(times),
+            "pairs_per_s_rounds": [round(r["pairs_per_s"], 3) for r in runs]}  # fmt: skip
 
 
 def unpack(revision: str, dest: Path) -> Path:
@@ -455,7 +520,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "posttrain.json"))
     p.add_argument("--note", default="", help="stored in the results' meta (e.g. what else ran on the machine)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of herd and herd-before (sft, dpo, rm)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -474,25 +541,22 @@ def main() -> None:
         argv = [*sys.argv[1:], "--herd-rows", str(a.herd_rows), "--work", str(work)]
         before = unpack(a.before, work / "herd-before-src")
         for stage in a.stages.split(","):
-            for framework in ("herd", *PEERS[stage]):
-                t0, load_before = time.perf_counter(), os.getloadavg()[0]
-                log = work / f"log-{stage}-{framework}.txt"
-                # The old tree goes first on the path, so its worker imports that herd instead of this one.
-                run_env = {**env, "PYTHONPATH": str(before)} if framework == "herd-before" else env
-                with open(log, "w") as f:
-                    subprocess.run([sys.executable, __file__, *argv, "--worker", f"{stage}:{framework}"], env=run_env,
-                                   stdout=f, stderr=subprocess.STDOUT, check=False)  # fmt: skip
-                path = work / f"result-{stage}-{framework}.json"
-                if path.is_file():
-                    r = json.loads(path.read_text())
-                else:  # the process died before it could write a result
-                    tail = log.read_text(errors="replace").splitlines()[-12:]
-                    r = {"framework": framework, "threads": None, "error": tail[-1] if tail else "no output",
-                         "traceback": tail}  # fmt: skip
-                row = summarize(stage, r)
-                row["process_s"] = round(time.perf_counter() - t0, 1)
-                # 1-minute load averages around the worker: well above --threads means another job shared the CPU
-                row["load_avg_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            # herd and herd-before alternate over --rounds rounds (the order flips each round), so that a drift in
+            # the machine's speed does not favour one; the peers run once.
+            paired = "herd-before" in PEERS[stage]
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for rnd in range(a.rounds if paired else 1):
+                order = ["herd", "herd-before"] if paired else ["herd"]
+                for framework in order if rnd % 2 == 0 else order[::-1]:
+                    runs.setdefault(framework, []).append(run_worker(stage, framework, rnd, argv, env, before, work))
+            for framework in PEERS[stage]:
+                if framework != "herd-before":
+                    runs[framework] = [run_worker(stage, framework, 0, argv, env, before, work)]
+            for framework, rs in runs.items():
+                row = summarize(stage, merge_rounds(rs, a))
+                row["process_s"] = [r["process_s"] for r in rs]
+                # 1-minute load averages around each worker: well above --threads means another job shared the CPU
+                row["load_avg_before_after"] = [r["load_avg_before_after"] for r in rs]
                 results.append(row)
                 print(f"{stage:4} {framework:13} {row.get('error') or {k: row.get(k) for k in THROUGHPUT}}"
                       f"  ({row['process_s']} s)", flush=True)  # fmt: skip
@@ -503,7 +567,7 @@ def main() -> None:
         "threads": a.threads, "versions": versions(), "model": "smollm2-135m-instruct (embedded GGUF Q4_1, float32)",
         "settings": {k: getattr(a, k) for k in ("steps", "batch_size", "herd_rows", "dpo_batch_size", "max_length",
                                                  "lr", "prompts", "samples", "max_new_tokens", "gen_batch_size",
-                                                 "seed")},
+                                                 "seed", "rounds")},
         "train_precision": "bf16 autocast over float32 weights (both)", "dpo": "beta 0.1, sigmoid loss, no NLL term",
         "before": a.before,
         "data": data, "total_s": round(time.perf_counter() - t_start, 1), "note": a.note,

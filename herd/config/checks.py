@@ -16,9 +16,11 @@ _TRAINS = ("train", "sft", "rm", "dpo", "ppo")
 _POSTTRAIN = ("sft", "rm", "dpo", "ppo", "rs", "synth", "round")
 
 
-def check(cfg: JobConfig, command: str) -> None:
+def check(cfg: JobConfig, command: str, *, inputs: bool = True) -> None:
+    """`inputs=False` leaves out the checks that a model and data files are named (for a caller that hands the
+    trainer its model and data in Python)."""
     m, d, o, t, s = cfg.model, cfg.data, cfg.optim, cfg.training, cfg.lr_schedule
-    if command in _POSTTRAIN and not m.init_from:
+    if inputs and command in _POSTTRAIN and not m.init_from:
         raise ConfigError(f"model.init_from is empty: herd {command} starts from a model (an embedded name such as "
                           "smollm2-135m-instruct, an HF/Meta directory or a .gguf)")  # fmt: skip
     if command == "train" and m.init_from and (shape := m.shape()):
@@ -31,9 +33,9 @@ def check(cfg: JobConfig, command: str) -> None:
         _choice("model.export_dtype", m.export_dtype, ("float32", "bfloat16"))
         if cfg.lora.rank < 0:
             raise ConfigError(f"lora.rank must be >= 0, got {cfg.lora.rank}")
-    if command == "train" and not d.shards:
+    if inputs and command == "train" and not d.shards:
         raise ConfigError("data.shards: no shard directories given (write them with `herd data pack`)")
-    if command in ("sft", "rm", "dpo", "ppo", "rs") and not d.files:
+    if inputs and command in ("sft", "rm", "dpo", "ppo", "rs") and not d.files:
         raise ConfigError(f"data.files: no jsonl files given for herd {command}")
     _choice("data.on_error", d.on_error, ("skip", "stop"))
     if command in ("rm", "dpo") and not 0 <= d.eval_fraction < 1:
@@ -99,6 +101,9 @@ def check_layout(cfg: JobConfig, command: str, *, world_size: int, tp: int, pp: 
     """What the parallel layout must divide: world_size is the number of data-parallel ranks (each batch is split
     over them), tp the tensor-parallel ranks (they split every seq_len), pp the pipeline stages."""
     t = cfg.training
+    if command == "ppo" and world_size * tp * pp > 1:
+        raise ConfigError("herd ppo runs in one process (its rollouts decode on the inference engine over the live "
+                          "weights); launch it without torchrun")  # fmt: skip
     if command in ("rm", "dpo", "ppo"):
         if tp > 1 or pp > 1:
             raise ConfigError(f"herd {command} shards over data-parallel ranks only (parallel.dp_shard, "

@@ -93,6 +93,8 @@ class Command:
     reads: dict[str, tuple[str, ...] | None]
     defaults: dict[str, Any] = field(default_factory=dict)
     """`section.key` -> this command's default where it differs from the dataclass default."""
+    cli: str = ""
+    """How the command is typed after `herd`, where it differs from its name."""
 
 
 COMMANDS: dict[str, Command] = {
@@ -145,8 +147,10 @@ COMMANDS: dict[str, Command] = {
         reads={"job": ("dump_folder", "seed"), "model": ("init_from",), "round": ALL, "synth": ALL},
         defaults={"job.dump_folder": "runs/round", "model.init_from": "smollm2-135m-instruct"},
     ),
-    "curate": Command(reads={"job": ("dump_folder",), "curate": ALL}, defaults={"job.dump_folder": "runs/curate"}),
-    "pack": Command(reads={"job": ("dump_folder",), "pack": ALL}, defaults={"job.dump_folder": "runs/shards"}),
+    "curate": Command(reads={"job": ("dump_folder",), "curate": ALL}, defaults={"job.dump_folder": "runs/curate"},
+                      cli="data curate"),
+    "pack": Command(reads={"job": ("dump_folder",), "pack": ALL}, defaults={"job.dump_folder": "runs/shards"},
+                    cli="data pack"),
     "scaling": Command(
         reads={"job": ("dump_folder", "seed"), "pack": ("input", "tokenizer", "source_field"), "model": ("preset",),
                "optim": ALL, "lr_schedule": ("decay", "min_lr_ratio"), "training": ("seq_len", "batch_tokens",
@@ -155,6 +159,7 @@ COMMANDS: dict[str, Command] = {
         defaults={"job.dump_folder": "runs/scaling/tiny", "pack.input": ["runs/curate/kept"],
                   "pack.tokenizer": "runs/tok/tokenizer.model", "pack.source_field": "domain", "optim.lr": 3e-3,
                   "training.batch_tokens": 4096},
+        cli="scaling sweep",
     ),
 }  # fmt: skip
 
@@ -234,7 +239,7 @@ def dump(cfg: JobConfig, command: str) -> str:
 
 
 def _check_keys(raw: dict[str, Any], command: str, source: str) -> None:
-    reads = COMMANDS[command].reads
+    reads, typed = COMMANDS[command].reads, COMMANDS[command].cli or command
     for section, table in raw.items():
         if not isinstance(table, dict):
             _check_moved(section, command, source)
@@ -246,12 +251,12 @@ def _check_keys(raw: dict[str, Any], command: str, source: str) -> None:
                 f"{source}: unknown section [{section}]; sections: {', '.join(JobConfig.__dataclass_fields__)}"
             )
         if section not in reads:
-            raise ConfigError(f"{source}: herd {command} does not read [{section}] (it reads "
+            raise ConfigError(f"{source}: herd {typed} does not read [{section}] (it reads "
                               f"{', '.join(f'[{s}]' for s in reads)}); remove it")  # fmt: skip
         wanted = reads[section]
         for key in table:
             if wanted is not None and key in _fields(section) and key not in wanted:
-                raise ConfigError(f"{source}: herd {command} does not read {section}.{key} (of [{section}] it "
+                raise ConfigError(f"{source}: herd {typed} does not read {section}.{key} (of [{section}] it "
                                   f"reads {', '.join(wanted)}); remove it")  # fmt: skip
 
 

@@ -74,12 +74,20 @@ def apply_compile(model: Transformer) -> None:
 
 
 def apply_fsdp(
-    model: Transformer, mesh: DeviceMesh, *, param_dtype: torch.dtype | None, reshard_after_forward: bool
+    model: Transformer,
+    mesh: DeviceMesh,
+    *,
+    param_dtype: torch.dtype | None,
+    reshard_after_forward: bool,
+    wrapper: nn.Module | None = None,
 ) -> None:
     """FSDP2: each block, then the root (embeddings, norm, output), sharded over `mesh` (1-D: FSDP; 2-D with a
-    replicate axis: HSDP). With bf16, parameters are gathered in bf16 and gradients reduced in float32."""
+    replicate axis: HSDP). With bf16, parameters are gathered in bf16 and gradients reduced in float32. A
+    `wrapper` around the model (a reward or value head's module) becomes the root, with the same policy."""
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.layers.values():
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     # The root's parameters are used last in forward: keeping them gathered saves an all-gather in backward.
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    if wrapper is not None:
+        fully_shard(wrapper, mesh=mesh, mp_policy=mp, reshard_after_forward=False)

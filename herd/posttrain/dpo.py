@@ -23,11 +23,9 @@ from herd.data.loader import IGNORE_INDEX
 from herd.fileio import atomic_file
 from herd.posttrain.data import format_problems
 from herd.posttrain.losses import dpo_loss, sequence_logps
-from herd.posttrain.preference import Pair, PairBatch, PairData, PairSampler, load_pairs, pad
-from herd.posttrain.stage import export_model, held_out_before, load_start, run_tokenizer, write_json
+from herd.posttrain.preference import Pair, PairData, PairObjective, load_pairs, pad
+from herd.posttrain.stage import export_model, held_out_before, load_start, write_json
 from herd.tokenizer import Tokenizer
-from herd.train.objective import Objective, epoch_steps
-from herd.train.schedule import StepPlan
 from herd.train.trainer import Trainer
 
 
@@ -52,18 +50,13 @@ def pair_digest(p: Pair) -> str:
     return h.hexdigest()
 
 
-class DPO(Objective):
-    """The DPO loss per pair against cached reference log-probs; the loss is a mean over pairs."""
+class DPO(PairObjective):
+    """The DPO loss per pair against cached reference log-probs."""
 
     name = "dpo"
 
     def __init__(self, cfg: JobConfig, data: PairData, tokenizer: Tokenizer) -> None:
-        self.cfg, self.data = cfg, data
-        self.sampler = PairSampler(data.train, cfg.training.batch_size, seed=cfg.job.seed)
-        self.vocab_size = tokenizer.vocab_size
-        self.run_dir = Path(cfg.job.dump_folder)
-        self.tokenizer, self.tokenizer_files = run_tokenizer(tokenizer, self.run_dir)
-        self.micro = cfg.training.micro_batch_size or cfg.training.batch_size
+        super().__init__(cfg, data, tokenizer)
         self.reference: dict[int, list[float]] = {}  # id(pair) -> [chosen, rejected], looked up without hashing
 
     def prepare(self, module: nn.Module) -> None:
@@ -72,18 +65,6 @@ class DPO(Objective):
         values = reference_logps(module, pairs, self.micro, self.run_dir / "reference_logps.pt",
                                  bf16=self.cfg.model.dtype == "bfloat16")  # fmt: skip
         self.reference = {id(p): v for p, v in zip(pairs, values, strict=True)}
-
-    def total_steps(self, cfg: JobConfig) -> int:
-        return epoch_steps(cfg, len(self.data.train))
-
-    def longest(self, cfg: JobConfig) -> int:
-        return max(PairBatch(self.data.train + self.data.held_out, 0).seq_len, 1)
-
-    def next_batch(self, plan: StepPlan) -> PairBatch:
-        return self.sampler.next_batch()
-
-    def split(self, rows: PairBatch, plan: StepPlan) -> list[list[Pair]]:
-        return rows.split(self.cfg.training.micro_batch_size)
 
     def loss(self, module: nn.Module, pairs: list[Pair]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         chosen, rejected, n_chosen, _ = pair_logps(module, pairs)
@@ -111,12 +92,6 @@ class DPO(Objective):
                 total[f"eval_{k}"] = total.get(f"eval_{k}", 0.0) + float(v) / len(pairs)
         module.train(was_training)
         return total
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Preference pairs -> tensors, for the reward model and DPO.
+"""Preference pairs -> batches, for the reward model and DPO (`PairObjective`, what both give the Trainer).
 
 Each side of a pair is the prompt followed by one response as the assistant's turn, rendered by the dialog's own
 chat format (herd/posttrain/data.py). Only the final turn is a target: earlier assistant turns belong to the prompt.
@@ -12,14 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from herd.config import JobConfig
 from herd.data.loader import IGNORE_INDEX
 from herd.errors import DataError
 from herd.posttrain.data import encode_dialog, read_jsonl
+from herd.posttrain.stage import run_tokenizer
 from herd.tokenizer import Tokenizer
+from herd.train.objective import Objective, epoch_steps
+from herd.train.schedule import StepPlan
 
 
 @dataclass(slots=True)
@@ -166,6 +171,39 @@ class PairSampler:
             raise DataError(f"the checkpoint was trained on {state['pairs']} pairs; these files hold {len(self.pairs)}")
         self.epoch, self.pos, self.batches = state["epoch"], state["pos"], state["batches"]
         self._order = self._permutation()
+
+
+class PairObjective(Objective):
+    """What the reward model and DPO share as objectives of the Trainer: batches of `training.batch_size` pairs
+    drawn epoch by epoch, split into micro-batches of `training.micro_batch_size`; the loss is a mean over pairs.
+    Subclasses give the module and the loss."""
+
+    def __init__(self, cfg: JobConfig, data: PairData, tokenizer: Tokenizer) -> None:
+        self.cfg, self.data = cfg, data
+        self.sampler = PairSampler(data.train, cfg.training.batch_size, seed=cfg.job.seed)
+        self.vocab_size = tokenizer.vocab_size
+        self.run_dir = Path(cfg.job.dump_folder)
+        self.tokenizer, self.tokenizer_files = run_tokenizer(tokenizer, self.run_dir)
+        self.micro = cfg.training.micro_batch_size or cfg.training.batch_size
+        """Pairs per forward (evaluation and DPO's reference pass use the same groups)."""
+
+    def total_steps(self, cfg: JobConfig) -> int:
+        return epoch_steps(cfg, len(self.data.train))
+
+    def longest(self, cfg: JobConfig) -> int:
+        return max(PairBatch(self.data.train + self.data.held_out, 0).seq_len, 1)
+
+    def next_batch(self, plan: StepPlan) -> PairBatch:
+        return self.sampler.next_batch()
+
+    def split(self, rows: PairBatch, plan: StepPlan) -> list[list[Pair]]:
+        return rows.split(self.cfg.training.micro_batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 def pad(sides: list[Side], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

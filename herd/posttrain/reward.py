@@ -24,11 +24,9 @@ from herd.formats import load_pretrained
 from herd.model import Transformer
 from herd.posttrain.data import format_problems
 from herd.posttrain.losses import reward_loss
-from herd.posttrain.preference import Pair, PairBatch, PairData, PairSampler, encode_response, load_pairs, pad
-from herd.posttrain.stage import export_model, held_out_before, load_start, run_tokenizer, write_json
+from herd.posttrain.preference import Pair, PairObjective, encode_response, load_pairs, pad
+from herd.posttrain.stage import export_model, held_out_before, load_start, write_json
 from herd.tokenizer import Tokenizer
-from herd.train.objective import Objective, epoch_steps
-from herd.train.schedule import StepPlan
 from herd.train.trainer import Trainer
 
 HEAD_FILE = "reward_head.safetensors"
@@ -93,31 +91,13 @@ def pair_scores(rm: nn.Module, pairs: list[Pair]) -> tuple[torch.Tensor, torch.T
     return scores[:n], scores[n : 2 * n], scores[2 * n :] if with_edit else None
 
 
-class RewardModeling(Objective):
-    """Bradley-Terry on preference pairs; the loss is a mean over pairs."""
+class RewardModeling(PairObjective):
+    """Bradley-Terry on preference pairs."""
 
     name = "rm"
 
-    def __init__(self, cfg: JobConfig, data: PairData, tokenizer: Tokenizer) -> None:
-        self.cfg, self.data = cfg, data
-        self.sampler = PairSampler(data.train, cfg.training.batch_size, seed=cfg.job.seed)
-        self.vocab_size = tokenizer.vocab_size
-        self.tokenizer, self.tokenizer_files = run_tokenizer(tokenizer, Path(cfg.job.dump_folder))
-
     def wrap(self, transformer: Transformer) -> nn.Module:
         return RewardModel(transformer)
-
-    def total_steps(self, cfg: JobConfig) -> int:
-        return epoch_steps(cfg, len(self.data.train))
-
-    def longest(self, cfg: JobConfig) -> int:
-        return max(PairBatch(self.data.train + self.data.held_out, 0).seq_len, 1)
-
-    def next_batch(self, plan: StepPlan) -> PairBatch:
-        return self.sampler.next_batch()
-
-    def split(self, rows: PairBatch, plan: StepPlan) -> list[list[Pair]]:
-        return rows.split(self.cfg.training.micro_batch_size)
 
     def loss(self, module: nn.Module, pairs: list[Pair]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Pairs with and without an edit go through separately so every forward has one shape of pair.
@@ -138,7 +118,7 @@ class RewardModeling(Objective):
             return float("nan")
         was_training = module.training
         module.eval()
-        right, size = 0, self.cfg.training.micro_batch_size or self.cfg.training.batch_size
+        right, size = 0, self.micro
         device = next(module.parameters()).device
         for start in range(0, len(pairs), size):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.model.dtype == "bfloat16"):
@@ -146,12 +126,6 @@ class RewardModeling(Objective):
             right += int((chosen > rejected).sum())
         module.train(was_training)
         return right / len(pairs)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
 
 
 def run_rm(cfg: JobConfig) -> dict[str, Any]:

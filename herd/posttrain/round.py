@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from herd.config import JobConfig, check, load
+from herd.config import JobConfig, check, load, save
 from herd.posttrain.stage import write_json
 from herd.posttrain.synth import evaluate, run_synth
 
@@ -69,6 +69,7 @@ def run_round(cfg: JobConfig, stages: dict[str, JobConfig] | None = None) -> dic
     root = Path(cfg.job.dump_folder)
     root.mkdir(parents=True, exist_ok=True)
     stages = stages or stage_configs(cfg)
+    save(cfg, "round", root / "config.toml")
     times: dict[str, float] = {}
     t_round = time.perf_counter()
 

@@ -15,6 +15,7 @@ The Trainer applies the verdicts (herd/train/trainer.py); the state here is save
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,9 +41,12 @@ class Recovery:
         self.good_steps = self.skipped_steps = self.rollbacks = 0
         self.pending_reason = ""
 
-    def check(self, loss: float, grad_norm: float, batch_index: int, *, can_roll_back: bool) -> tuple[str | None, str]:
+    def check(
+        self, loss: float, grad_norm: float, batch_index: int, *, can_roll_back: Callable[[], bool]
+    ) -> tuple[str | None, str]:
         """(verdict, reason): verdict None applies the update; "rollback" rolls back (reason says why); any other
-        verdict skips the update and reason is the event to log."""
+        verdict skips the update and reason is the event to log. `can_roll_back()` is asked only when a rollback
+        is due (it waits for an asynchronous checkpoint save to finish)."""
         r = self.cfg
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.bad_batches.append(batch_index)
@@ -64,8 +68,8 @@ class Recovery:
         self.loss_mean = loss if self.loss_mean is None else _SPIKE_EMA * self.loss_mean + (1 - _SPIKE_EMA) * loss
         return None, ""
 
-    def _rollback_or_skip(self, reason: str, can_roll_back: bool) -> tuple[str, str]:
-        if not can_roll_back:
+    def _rollback_or_skip(self, reason: str, can_roll_back: Callable[[], bool]) -> tuple[str, str]:
+        if not can_roll_back():
             # Nothing to go back to; the bad updates were skipped, so the weights are still the last good ones.
             return "no-checkpoint", f"{reason}: no checkpoint to roll back to yet, update skipped"
         self.pending_reason = reason

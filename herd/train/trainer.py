@@ -24,10 +24,9 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from herd.config import JobConfig, check_layout, save
+from herd.config import JobConfig, check, check_layout, save
 from herd.data.loader import MixLoader
 from herd.errors import TrainError
 from herd.model import PRESETS, ModelArgs, Transformer, build_model, flops_per_token, get_preset
@@ -71,6 +70,7 @@ class Trainer:
         p = cfg.parallel
         self.dims = ParallelDims(dp_replicate=p.dp_replicate, dp_shard=p.dp_shard, tp=p.tp, pp=p.pp,
                                  world_size=self.world_size)  # fmt: skip
+        check(cfg, command, inputs=objective is None)  # again: a config composed in Python skipped `load`
         check_layout(cfg, command, world_size=self.dims.dp, tp=self.dims.tp, pp=self.dims.pp)
         init_distributed(self.device)
         self.mesh = build_mesh(self.dims, self.device) if self.world_size > 1 else None
@@ -183,9 +183,8 @@ class Trainer:
             assert mesh is not None
             dp_mesh = mesh[("dp_replicate", "dp_shard")] if dims.dp_replicate > 1 else mesh["dp_shard"]
             apply_fsdp(model, dp_mesh, param_dtype=torch.bfloat16 if bf16 else None,
-                       reshard_after_forward=cfg.parallel.reshard_after_forward)  # fmt: skip
-            if self.model is not model:  # the objective's head: the wrapper is the root FSDP module
-                fully_shard(self.model, mesh=dp_mesh, reshard_after_forward=False)
+                       reshard_after_forward=cfg.parallel.reshard_after_forward,
+                       wrapper=self.model if self.model is not model else None)  # fmt: skip
         # With FSDP the mixed-precision policy casts parameters for the forward; otherwise autocast does.
         self.autocast = bf16 and not self.fsdp
         self.pipeline = None
@@ -272,7 +271,7 @@ class Trainer:
         loss, extra = reduced[0].item(), dict(zip(sums, reduced[1:].tolist(), strict=True))
         grad_norm = self._clip_gradients()
         verdict, reason = self.recovery.check(loss, grad_norm, batch.index,
-                                              can_roll_back=self.checkpointer.latest() is not None)  # fmt: skip
+                                              can_roll_back=lambda: self.checkpointer.latest() is not None)  # fmt: skip
         if verdict is None:
             self.optimizer.step()
         elif verdict != "rollback":

@@ -1,5 +1,5 @@
-"""`herd sft` and `herd dpo` under torchrun with FSDP2 over 2 processes (gloo on CPU), against the same run in one
-process: every step's loss and gradient norm, the held-out metrics, and the exported weights."""
+"""`herd sft`, `herd dpo` and `herd rm` under torchrun with FSDP2 over 2 processes (gloo on CPU), against the same
+run in one process: every step's loss and gradient norm, the held-out metrics, and the exported weights."""
 
 import json
 import os
@@ -56,7 +56,8 @@ def assert_same_export(one, fsdp) -> None:
     )
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+        # AdamW's step divides by sqrt(v): a near-zero gradient's rounding can move one weight by ~3e-5.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
 
 
 def test_sft_with_fsdp2_on_two_processes_matches_one_process(tiny_chat_model, tmp_path) -> None:
@@ -90,3 +91,28 @@ def test_dpo_with_fsdp2_on_two_processes_matches_one_process(tiny_chat_model, tm
     refs = [torch.load(run / "reference_logps.pt", weights_only=True) for run in (one, fsdp)]
     assert refs[0] == refs[1]
     assert_same_export(one, fsdp)
+
+
+def test_reward_model_with_fsdp2_on_two_processes_matches_one_process(tiny_chat_model, tmp_path) -> None:
+    """The reward head wraps the transformer: under FSDP2 the wrapper is the root sharded module."""
+    write_pairs(tmp_path / "p.jsonl", edited=True)
+    one, fsdp = run_both("rm", [
+        f"model.init_from='{tiny_chat_model}'", "model.dtype='float32'", f"data.files=['{tmp_path / 'p.jsonl'}']",
+        "data.eval_fraction=0.25", "training.epochs=0", "training.steps=6", "training.batch_size=8",
+        "training.micro_batch_size=2", "optim.lr=5e-4", "checkpoint.interval=3",
+    ], tmp_path)  # fmt: skip
+    # At lr 3e-3 the loss bounces between 0.01 and 0.5 and float rounding of differently padded micro-batches grows
+    # to 5% by step 6 (step 1's gradient norm equal to 8 digits); at 5e-4 the curve is smooth.
+    assert metrics(one, "loss")[-1] < metrics(one, "loss")[0] - 0.5
+    assert_close(metrics(fsdp, "loss"), metrics(one, "loss"))
+    assert_close(metrics(fsdp, "grad_norm"), metrics(one, "grad_norm"))
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (one, fsdp)]
+    assert summaries[0]["held_out_accuracy_after"] == summaries[1]["held_out_accuracy_after"]
+    assert_same_export(one, fsdp)
+    from safetensors.torch import load_file
+
+    heads = [load_file(str(run / "model" / "reward_head.safetensors")) for run in (one, fsdp)]
+    torch.testing.assert_close(heads[0]["weight"], heads[1]["weight"], rtol=1e-4, atol=1e-4)
+    # chosen - rejected cancels the bias: its gradient is rounding noise, which AdamW scales up to lr-sized steps,
+    # so it differs between layouts but stays within steps x lr of its zero start.
+    assert all(abs(float(h["bias"])) <= 6 * 5e-4 for h in heads)

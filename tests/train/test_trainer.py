@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,20 @@ def test_herd_train_prints_a_summary_and_resumes_a_finished_run_as_a_no_op(synth
     # Starting over in a directory that holds a run is refused rather than overwriting it.
     assert main(["train", "--config", str(config), "--checkpoint.resume=false"]) == 1
     assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+
+
+def test_pretraining_continues_from_an_exported_checkpoint_with_model_init_from(synthetic_shards, tmp_path,
+                                                                                 train_config):  # fmt: skip
+    from herd.train.average import average_to
+
+    Trainer(train_config(tmp_path / "first", synthetic_shards)).train()
+    average_to([tmp_path / "first" / "checkpoints" / "step-00000030"], tmp_path / "export", to="hf")
+    fresh = metrics(tmp_path / "first")[0]["loss"]
+    cfg = train_config(tmp_path / "more", synthetic_shards)
+    cfg = replace(cfg, model=replace(cfg.model, init_from=str(tmp_path / "export"), dim=None, n_layers=None,
+                                     n_heads=None, n_kv_heads=None))  # fmt: skip
+    trainer = Trainer(cfg)
+    assert trainer.model_args.dim == 32 and trainer.model_args.n_layers == 2  # the checkpoint's shape
+    trainer.train()
+    # It starts where the first run ended (its lr warms up again), far below a new model's first loss.
+    assert metrics(tmp_path / "more")[0]["loss"] < metrics(tmp_path / "first")[-1]["loss"] + 0.5 < fresh - 1.0
