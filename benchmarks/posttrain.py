@@ -17,16 +17,19 @@ downloaded.
    imported from there by its worker process.
 3. Reward model: herd's `run_rm` vs herd at `--before`, on the same pairs (Bradley-Terry, no edits). SFT is also
    run at `--before` (the Trainer it ran on changed in the move).
-   herd and herd at `--before` alternate over `--rounds` runs each (the order flips every round) and their timed
-   steps are pooled, so a drift in the machine's speed favours neither.
+   `herd-foreach` is herd now with `optim.fused=false`: the AdamW implementation herd used before (foreach), so
+   herd-foreach vs herd-before is the move alone and herd vs herd-foreach is the fused optimizer alone.
+   herd, herd-foreach and herd at `--before` alternate over `--rounds` runs each (the order rotates every round)
+   and their timed steps are pooled, so a drift in the machine's speed favours none.
 4. Rejection sampling: `herd.posttrain.rejection.sample` (the batched Engine) vs `model.generate` with left padding,
    K samples per prompt, temperature 0.8, the same batch rows, float32 for both (herd's `herd rs` runs the float32
    master weights without autocast). Rows stop at the end-of-turn token in both.
 
 Training runs bf16 autocast over float32 weights for both, AdamW (betas 0.9/0.95), no weight decay, clipping at 1.0,
-no activation checkpointing (TRL's default turns it on; it is turned off here to match herd). Each keeps its own
-AdamW implementation (herd: torch's default, foreach; TRL: transformers' default, fused); the setup times one step of
-each on the model's parameters, to show what that difference is worth. Every measurement runs
+no activation checkpointing (TRL's default turns it on; it is turned off here to match herd). herd and TRL both use
+torch's fused AdamW (herd's optim.fused, transformers' default `adamw_torch_fused`); the setup times one step of
+fused and foreach on the model's parameters, to show what that difference is worth. `--dtype float32` trains in
+float32 everywhere, for CPUs without native bf16 matmul. Every measurement runs
 in its own process (herd, then the peer, for each stage); the first step (or a first generation batch) is a warm-up
 and not timed. Step times are wall times between consecutive step ends, so they include drawing the batch.
 
@@ -58,7 +61,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("sft", "dpo", "rm", "rs")
-PEERS = {"sft": ("herd-before", "trl"), "dpo": ("herd-before", "trl"), "rm": ("herd-before",), "rs": ("transformers",)}
+PEERS = {
+    "sft": ("herd-foreach", "herd-before", "trl"),
+    "dpo": ("herd-foreach", "herd-before", "trl"),
+    "rm": ("herd-foreach", "herd-before"),
+    "rs": ("transformers",),
+}
+ALTERNATING = ("herd", "herd-foreach", "herd-before")
+"""Run --rounds times each, in an order that rotates every round; the others run once."""
 BEFORE = "1014838"
 """The last commit before the reward model, DPO and PPO moved onto the pretraining Trainer."""
 
@@ -141,13 +151,16 @@ def sft_settings(a: argparse.Namespace) -> list[str]:
     return [x.format(max_length=a.max_length, batch_tokens=a.herd_rows * a.max_length, lr=a.lr) for x in SFT_SETTINGS]
 
 
-def sft_herd(a: argparse.Namespace, work: Path) -> dict[str, Any]:
+def sft_herd(a: argparse.Namespace, work: Path, *, fused: bool = True) -> dict[str, Any]:
+    """herd's SFT on the Trainer; `fused=False` is the AdamW herd used before optim.fused (foreach)."""
     from herd.config import load
     from herd.posttrain.sft import build_sft
 
+    name = "herd" if fused else "herd-foreach"
     cfg = load("sft", None, [
-        f"job.dump_folder='{work / f'herd-sft-{a.round}'}'", f"data.files=['{work / 'sft.jsonl'}']",
-        f"training.steps={a.steps + 1}", "model.dtype='bfloat16'", *sft_settings(a),
+        f"job.dump_folder='{work / f'{name}-sft-{a.round}'}'", f"data.files=['{work / 'sft.jsonl'}']",
+        f"training.steps={a.steps + 1}", f"model.dtype='{a.dtype}'", f"optim.fused={str(fused).lower()}",
+        *sft_settings(a),
     ])  # fmt: skip
     trainer, loader = build_sft(cfg)
     return timed_sft_steps(a, trainer, loader)
@@ -162,7 +175,7 @@ def sft_herd_before(a: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     cfg = load(TrainJobConfig, None, [
         f"job.dump_folder='{work / f'herd-before-sft-{a.round}'}'", f"posttrain.sft_data=['{work / 'sft.jsonl'}']",
-        f"training.steps={a.steps + 1}", "training.dtype='bfloat16'", *sft_settings(a),
+        f"training.steps={a.steps + 1}", f"training.dtype='{a.dtype}'", *sft_settings(a),
     ])  # fmt: skip
     trainer, loader = build_sft(cfg)
     return timed_sft_steps(a, trainer, loader)
@@ -185,7 +198,11 @@ def timed_sft_steps(a: argparse.Namespace, trainer, loader) -> dict[str, Any]:
     return {"step_s": times, "samples_per_step": samples, "samples_per_s": sum(samples) / total,
             "tokens_per_step": a.herd_rows * a.max_length, "rows_per_step": a.herd_rows,
             "deterministic_algorithms": trainer.cfg.job.deterministic,
-            "optim": "torch.optim.AdamW (foreach)"}  # fmt: skip
+            "optim": adamw_kind(getattr(trainer.cfg.optim, "fused", False))}  # fmt: skip
+
+
+def adamw_kind(fused: bool) -> str:
+    return f"torch.optim.AdamW ({'fused' if fused else 'foreach'})"
 
 
 def sft_trl(a: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -198,7 +215,7 @@ def sft_trl(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     args = SFTConfig(
         output_dir=str(work / "trl-sft"), max_steps=a.steps + 1, per_device_train_batch_size=a.batch_size,
         gradient_accumulation_steps=1, learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0,
-        weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0, bf16=True, use_cpu=True,
+        weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0, bf16=a.dtype == "bfloat16", use_cpu=True,
         gradient_checkpointing=False, packing=False, padding_free=False, completion_only_loss=True,
         max_length=a.max_length, report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True,
         dataloader_num_workers=0, seed=a.seed,
@@ -215,23 +232,25 @@ def sft_trl(a: argparse.Namespace, work: Path) -> dict[str, Any]:
             "gradient_checkpointing": args.gradient_checkpointing, "optim": optim_name(args)}  # fmt: skip
 
 
-def pairs_herd(stage: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """herd's `run_dpo` / `run_rm` on the one Trainer; pairs/s from the step times in its metrics.jsonl."""
+def pairs_herd(stage: str, a: argparse.Namespace, work: Path, *, fused: bool = True) -> dict[str, Any]:
+    """herd's `run_dpo` / `run_rm` on the one Trainer; pairs/s from the step times in its metrics.jsonl.
+    `fused=False` is the move alone: the AdamW the old loop used (foreach), before optim.fused."""
     from herd.config import load
     from herd.posttrain.dpo import run_dpo
     from herd.posttrain.reward import run_rm
 
-    run_dir = work / f"herd-{stage}-{a.round}"
+    run_dir = work / f"{'herd' if fused else 'herd-foreach'}-{stage}-{a.round}"
     cfg = load(stage, None, [
-        f"job.dump_folder='{run_dir}'", f"job.seed={a.seed}", "model.dtype='bfloat16'",
+        f"job.dump_folder='{run_dir}'", f"job.seed={a.seed}", f"model.dtype='{a.dtype}'",
         f"data.files=['{work / 'pairs.jsonl'}']", "data.eval_fraction=0.0", f"training.seq_len={a.max_length}",
-        f"optim.lr={a.lr}", "optim.weight_decay=0.0", "training.epochs=1", f"training.batch_size={a.dpo_batch_size}",
-        f"training.micro_batch_size={a.dpo_batch_size}", "optim.grad_clip=1.0", "checkpoint.interval=0",
+        f"optim.lr={a.lr}", "optim.weight_decay=0.0", f"optim.fused={str(fused).lower()}", "training.epochs=1",
+        f"training.batch_size={a.dpo_batch_size}", f"training.micro_batch_size={a.dpo_batch_size}",
+        "optim.grad_clip=1.0", "checkpoint.interval=0",
         "metrics.tensorboard=false", "metrics.progress=false", "metrics.log_interval=0", "metrics.peak_tflops=1.0",
         *(["dpo.beta=0.1", "dpo.nll_coef=0.0"] if stage == "dpo" else ["rm.margin_edited=false"]),
     ])  # fmt: skip
     summary = (run_dpo if stage == "dpo" else run_rm)(cfg)
-    return _pair_times(run_dir, a, summary["steps"])
+    return _pair_times(run_dir, a, summary["steps"], fused=fused)
 
 
 def pairs_herd_before(stage: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -241,7 +260,7 @@ def pairs_herd_before(stage: str, a: argparse.Namespace, work: Path) -> dict[str
     from herd.posttrain.reward import run_rm
 
     run_dir = work / f"herd-before-{stage}-{a.round}"
-    common = {"job": c.JobSection(dump_folder=str(run_dir), seed=a.seed), "model": c.ModelSection(dtype="bfloat16"),
+    common = {"job": c.JobSection(dump_folder=str(run_dir), seed=a.seed), "model": c.ModelSection(dtype=a.dtype),
               "data": c.DataSection(train=[str(work / "pairs.jsonl")], eval_fraction=0.0, max_seq_len=a.max_length),
               "optim": c.OptimSection(lr=a.lr, weight_decay=0.0, epochs=1.0, batch_size=a.dpo_batch_size,
                                       micro_batch_size=a.dpo_batch_size, grad_clip=1.0)}  # fmt: skip
@@ -249,14 +268,14 @@ def pairs_herd_before(stage: str, a: argparse.Namespace, work: Path) -> dict[str
         summary = run_dpo(c.DPOJobConfig(**common, dpo=c.DPOSection(beta=0.1, nll_coef=0.0)))
     else:
         summary = run_rm(c.RewardJobConfig(**common, rm=c.RewardSection(margin_edited=False)))
-    return _pair_times(run_dir, a, summary["steps"])
+    return _pair_times(run_dir, a, summary["steps"], fused=False)
 
 
-def _pair_times(run_dir: Path, a: argparse.Namespace, steps: int) -> dict[str, Any]:
+def _pair_times(run_dir: Path, a: argparse.Namespace, steps: int, *, fused: bool) -> dict[str, Any]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_s"] for r in records if r["step"] > 1]  # step 1 is the warm-up
     return {"step_s": times, "pairs_per_s": a.dpo_batch_size * len(times) / sum(times), "steps": steps,
-            "optim": "torch.optim.AdamW (foreach)"}  # fmt: skip
+            "optim": adamw_kind(fused)}  # fmt: skip
 
 
 def dpo_trl(a: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -274,7 +293,7 @@ def dpo_trl(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     args = DPOConfig(
         output_dir=str(work / "trl-dpo"), max_steps=a.steps + 1, per_device_train_batch_size=a.dpo_batch_size,
         gradient_accumulation_steps=1, learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0,
-        weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0, bf16=True, use_cpu=True,
+        weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0, bf16=a.dtype == "bfloat16", use_cpu=True,
         gradient_checkpointing=False, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True,
         precompute_ref_batch_size=a.dpo_batch_size, max_length=a.max_length, report_to="none", save_strategy="no",
         logging_steps=10_000, disable_tqdm=True, dataloader_num_workers=0, seed=a.seed,
@@ -382,7 +401,9 @@ WORKERS = {
     ("sft", "herd"): sft_herd, ("sft", "herd-before"): sft_herd_before, ("sft", "trl"): sft_trl,
     ("dpo", "trl"): dpo_trl, ("rs", "herd"): rs_herd,
     ("rs", "transformers"): rs_transformers,
+    ("sft", "herd-foreach"): partial(sft_herd, fused=False),
     **{(stage, "herd"): partial(pairs_herd, stage) for stage in ("dpo", "rm")},
+    **{(stage, "herd-foreach"): partial(pairs_herd, stage, fused=False) for stage in ("dpo", "rm")},
     **{(stage, "herd-before"): partial(pairs_herd_before, stage) for stage in ("dpo", "rm")},
 }  # fmt: skip
 
@@ -458,6 +479,25 @@ def versions() -> dict[str, str]:
     return out
 
 
+def herd_commit() -> str:
+    """HEAD, marked when herd/ has changes git has not committed (the measured code is then not that commit)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "herd"], capture_output=True, text=True).stdout.strip()
+    return f"{head} with uncommitted changes to herd/" if dirty else head
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it has native bf16 matmul (bf16 timings mean little without it)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = {"avx512_bf16", "amx_bf16"} & set(info.split())
+    return f"{name} ({', '.join(sorted(flags)) or 'no native bf16'})"
+
+
 def summarize(stage: str, r: dict[str, Any]) -> dict[str, Any]:
     row = {"stage": stage, "framework": r["framework"], "threads": r["threads"]}
     if "error" in r:
@@ -518,9 +558,13 @@ def main() -> None:
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="training precision for every framework: bf16 autocast over float32 weights, or float32 "
+                        "(for CPUs without native bf16 matmul, where bf16 runs hundreds of times slower)")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "posttrain.json"))
     p.add_argument("--note", default="", help="stored in the results' meta (e.g. what else ran on the machine)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of herd and herd-before (sft, dpo, rm)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds of herd, herd-foreach and herd-before (sft, dpo, rm)")  # fmt: skip
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -541,16 +585,15 @@ def main() -> None:
         argv = [*sys.argv[1:], "--herd-rows", str(a.herd_rows), "--work", str(work)]
         before = unpack(a.before, work / "herd-before-src")
         for stage in a.stages.split(","):
-            # herd and herd-before alternate over --rounds rounds (the order flips each round), so that a drift in
+            # herd's variants alternate over --rounds rounds (the order rotates each round), so that a drift in
             # the machine's speed does not favour one; the peers run once.
-            paired = "herd-before" in PEERS[stage]
+            order = [f for f in ALTERNATING if f == "herd" or f in PEERS[stage]]
             runs: dict[str, list[dict[str, Any]]] = {}
-            for rnd in range(a.rounds if paired else 1):
-                order = ["herd", "herd-before"] if paired else ["herd"]
-                for framework in order if rnd % 2 == 0 else order[::-1]:
+            for rnd in range(a.rounds if len(order) > 1 else 1):
+                for framework in order[rnd % len(order) :] + order[: rnd % len(order)]:
                     runs.setdefault(framework, []).append(run_worker(stage, framework, rnd, argv, env, before, work))
             for framework in PEERS[stage]:
-                if framework != "herd-before":
+                if framework not in ALTERNATING:
                     runs[framework] = [run_worker(stage, framework, 0, argv, env, before, work)]
             for framework, rs in runs.items():
                 row = summarize(stage, merge_rounds(rs, a))
@@ -568,7 +611,10 @@ def main() -> None:
         "settings": {k: getattr(a, k) for k in ("steps", "batch_size", "herd_rows", "dpo_batch_size", "max_length",
                                                  "lr", "prompts", "samples", "max_new_tokens", "gen_batch_size",
                                                  "seed", "rounds")},
-        "train_precision": "bf16 autocast over float32 weights (both)", "dpo": "beta 0.1, sigmoid loss, no NLL term",
+        "cpu": cpu_model(), "herd_commit": herd_commit(),
+        "train_precision": ("bf16 autocast over float32 weights (both)" if a.dtype == "bfloat16"
+                            else "float32 (both)"),
+        "dpo": "beta 0.1, sigmoid loss, no NLL term",
         "before": a.before,
         "data": data, "total_s": round(time.perf_counter() - t_start, 1), "note": a.note,
     }  # fmt: skip

@@ -104,6 +104,9 @@ class OptimSection:
     """Apply weight decay to the token embeddings (and a tied output) too."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
+    fused: bool = True
+    """AdamW as one fused kernel per parameter group (torch's fused=True), not a loop over tensors (foreach): on a
+    CPU one step over 135M parameters takes 0.1 s fused against 0.45-1.2 s foreach (benchmarks/README.md)."""
 
 
 @dataclass(kw_only=True, slots=True)

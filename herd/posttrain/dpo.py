@@ -129,15 +129,17 @@ def reference_logps(model: nn.Module, pairs: list[Pair], micro: int, cache: Path
 
 def run_dpo(cfg: JobConfig) -> dict[str, Any]:
     start = load_start(cfg)
-    data = load_pairs(cfg.data.files, start.tokenizer, on_error=cfg.data.on_error, max_seq_len=cfg.training.seq_len,
+    tokenizer = start.tokenizer
+    data = load_pairs(cfg.data.files, tokenizer, on_error=cfg.data.on_error, max_seq_len=cfg.training.seq_len,
                       eval_fraction=cfg.data.eval_fraction, seed=cfg.job.seed, content_only=True,
                       use_edited=False)  # fmt: skip
-    objective = DPO(cfg, data, start.tokenizer)
+    objective = DPO(cfg, data, tokenizer)
     trainer = Trainer(cfg, objective, command="dpo", initial=start.model)
+    del start  # the Trainer copied the weights; a second copy held through training is memory wasted
     before = held_out_before(trainer, lambda: objective.evaluate(trainer.model))
     result = trainer.train()
     after = objective.evaluate(trainer.model)
-    out = export_model(trainer, start.tokenizer, trainer.run_dir / "model", dtype=cfg.model.export_dtype)
+    out = export_model(trainer, tokenizer, trainer.run_dir / "model", dtype=cfg.model.export_dtype)
     summary = {"train_pairs": len(data.train), "held_out_pairs": len(data.held_out),
                "skipped_lines": len(data.problems), "problems": data.problems[:20], "too_long": data.too_long,
                "steps": result["steps"], "final_loss": result["final_loss"], "held_out_before": before,

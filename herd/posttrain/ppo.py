@@ -334,12 +334,14 @@ def run_ppo(cfg: JobConfig) -> dict[str, Any]:
     records, problems = read_prompts(cfg.data.files, on_error=cfg.data.on_error)
     scorer = reward_model_scorer(cfg.ppo.reward_model) if cfg.ppo.reward_model else checker_scorer()
     start = load_start(cfg)
+    tokenizer = start.tokenizer
     reference = copy.deepcopy(start.model)
-    prompts = [encode_prompt(start.tokenizer, r["messages"]) for r in records]
-    objective = PPO(cfg, prompts, lambda i, text: scorer([records[i]], [text])[0], start.tokenizer, reference)
+    prompts = [encode_prompt(tokenizer, r["messages"]) for r in records]
+    objective = PPO(cfg, prompts, lambda i, text: scorer([records[i]], [text])[0], tokenizer, reference)
     trainer = Trainer(cfg, objective, command="ppo", initial=start.model)
+    del start  # the Trainer copied the weights; a second copy held through training is memory wasted
     result = trainer.train()
-    out = export_model(trainer, start.tokenizer, trainer.run_dir / "model", dtype=cfg.model.export_dtype,
+    out = export_model(trainer, tokenizer, trainer.run_dir / "model", dtype=cfg.model.export_dtype,
                        prefix="model.")  # fmt: skip
     scores = [json.loads(x)["score"] for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = {"prompts": len(records), "skipped_lines": len(problems), "problems": problems[:20],

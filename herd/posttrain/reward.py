@@ -130,11 +130,13 @@ class RewardModeling(PairObjective):
 
 def run_rm(cfg: JobConfig) -> dict[str, Any]:
     start = load_start(cfg)
-    data = load_pairs(cfg.data.files, start.tokenizer, on_error=cfg.data.on_error, max_seq_len=cfg.training.seq_len,
+    tokenizer = start.tokenizer
+    data = load_pairs(cfg.data.files, tokenizer, on_error=cfg.data.on_error, max_seq_len=cfg.training.seq_len,
                       eval_fraction=cfg.data.eval_fraction, seed=cfg.job.seed, content_only=False,
                       use_edited=cfg.rm.margin_edited)  # fmt: skip
-    objective = RewardModeling(cfg, data, start.tokenizer)
+    objective = RewardModeling(cfg, data, tokenizer)
     trainer = Trainer(cfg, objective, command="rm", initial=start.model)
+    del start  # the Trainer copied the weights; a second copy held through training is memory wasted
     before = held_out_before(trainer, lambda: objective.pairwise_accuracy(trainer.model))
     result = trainer.train()
     after = objective.pairwise_accuracy(trainer.model)
@@ -142,7 +144,7 @@ def run_rm(cfg: JobConfig) -> dict[str, Any]:
     def head(tmp: Path, weights: dict[str, torch.Tensor]) -> None:
         save_head(tmp, weights["head.weight"], weights["head.bias"])
 
-    out = export_model(trainer, start.tokenizer, trainer.run_dir / "model", dtype=cfg.model.export_dtype,
+    out = export_model(trainer, tokenizer, trainer.run_dir / "model", dtype=cfg.model.export_dtype,
                        prefix="model.", assets=head)  # fmt: skip
     summary = {"train_pairs": len(data.train), "held_out_pairs": len(data.held_out),
                "skipped_lines": len(data.problems), "problems": data.problems[:20], "too_long": data.too_long,

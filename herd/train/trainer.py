@@ -122,7 +122,7 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, o.weight_decay, decay_norms=o.decay_norms, decay_embeddings=o.decay_embeddings),
-            lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps,
+            lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps, fused=o.fused or None,
         )  # fmt: skip
         # LambdaLR's epoch e is the number of updates so far; the next update is step e + 1.
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
