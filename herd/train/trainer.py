@@ -36,7 +36,7 @@ from herd.parallel.distributed import Watchdog, all_reduce_sum, build_mesh, init
 from herd.parallel.pipeline import build_schedule, prune_to_stage
 from herd.train.checkpoint import CheckpointManager, tokenizer_files
 from herd.train.drills import Drills
-from herd.train.metrics import MetricsLogger, NullLogger, measure_peak_flops, peak_memory_gb
+from herd.train.metrics import MetricsLogger, NullLogger, measure_peak_flops, native_bf16, peak_memory_gb
 from herd.train.objective import LanguageModeling, Objective, summed_cross_entropy
 from herd.train.recovery import Recovery, replicas_that_differ
 from herd.train.schedule import Schedule
@@ -159,6 +159,10 @@ class Trainer:
         self.watchdog = Watchdog(p.watchdog_timeout, self.run_dir, self.rank) if p.watchdog_timeout else None
         if resumed_from is not None:
             self._event("resume", f"from {resumed_from}")
+        if bf16 and not native_bf16(self.device):
+            self._event("precision", "model.dtype=bfloat16 on a CPU without native bf16 matmul (AVX512-BF16 or AMX): "
+                        "torch falls back to a kernel hundreds of times slower than float32; set "
+                        "model.dtype='float32' here")  # fmt: skip
         if self.schedule.warmup_cut and self.step == 0:
             self._event("warmup", f"lr_schedule.warmup_steps={cfg.lr_schedule.warmup_steps} is not shorter than "
                         f"the {self.steps} steps of training.epochs={cfg.training.epochs}: warmup cut to "

@@ -7,25 +7,31 @@ refusal rate of unanswerable questions after DPO moves by several items between 
 on one machine (2026-12-06): 0.267 of 15 with these settings, 0.333 with the same settings at the commit before
 the one-Trainer move, 0.467 and 0.333 with DPO at lr 2e-5 and 3e-5 for 2 epochs, 0.226 of 31 with lr 2e-5 for 2
 epochs and twice the held-out facts; an earlier session measured above 0.4. The test asserts a rise of at least
-0.2 from the start (which refuses nothing), and that answerable questions are not refused more or answered worse."""
+0.2 from the start (which refuses nothing), and that answerable questions are not refused more or answered worse.
+
+The stages train in bf16, as the shipped configs do, where the CPU has native bf16 matmul; elsewhere (an AVX2-only
+CPU) in float32, since torch's fallback bf16 kernel would take hours here."""
 
 import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from herd.config import JobConfig, defaults, load
 from herd.posttrain.round import format_round, run_round, stage_configs
+from herd.train.metrics import native_bf16
 
+DTYPE = "bfloat16" if native_bf16(torch.device("cpu")) else "float32"
 QUIET = {"metrics": {"log_interval": 0, "tensorboard": False, "peak_tflops": 1.0}}
 STAGES = {
-    "sft": {"model": {"dtype": "bfloat16"}, "optim": {"lr": 1e-4, "weight_decay": 0.0},
+    "sft": {"model": {"dtype": DTYPE}, "optim": {"lr": 1e-4, "weight_decay": 0.0},
             "lr_schedule": {"warmup_steps": 1, "decay": "linear", "min_lr_ratio": 0.0},
             "training": {"steps": 10, "seq_len": 512, "batch_tokens": 4096}, "checkpoint": {"interval": 10}, **QUIET},
     "rs": {"rs": {"samples": 4, "temperature": 0.8, "max_new_tokens": 32}},
-    "rm": {"model": {"dtype": "bfloat16"}, "data": {"eval_fraction": 0.2}, "optim": {"lr": 2e-5},
+    "rm": {"model": {"dtype": DTYPE}, "data": {"eval_fraction": 0.2}, "optim": {"lr": 2e-5},
            "training": {"batch_size": 8, "micro_batch_size": 8}, **QUIET},
-    "dpo": {"model": {"dtype": "bfloat16"}, "data": {"eval_fraction": 0.1}, "optim": {"lr": 1e-5},
+    "dpo": {"model": {"dtype": DTYPE}, "data": {"eval_fraction": 0.1}, "optim": {"lr": 1e-5},
             "training": {"batch_size": 8, "micro_batch_size": 8}, "dpo": {"beta": 0.1, "nll_coef": 0.2}, **QUIET},
 }  # fmt: skip
 

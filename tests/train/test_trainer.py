@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from herd.cli import main
+from herd.train.metrics import native_bf16
 from herd.train.trainer import Trainer
 
 
@@ -91,6 +92,10 @@ def test_bfloat16_autocast_trains_with_float32_master_weights(synthetic_shards, 
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.optimizer.state.values())
+    # On a CPU whose bf16 matmul is torch's slow fallback, the run says so once.
+    events_file = tmp_path / "run" / "events.jsonl"
+    events = [json.loads(x)["event"] for x in events_file.read_text().splitlines()] if events_file.is_file() else []
+    assert events.count("precision") == (0 if native_bf16(torch.device("cpu")) else 1)
 
 
 @pytest.mark.parametrize(
