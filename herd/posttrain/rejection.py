@@ -27,6 +27,7 @@ from herd.model import Transformer
 from herd.posttrain.data import encode_prompt, format_problems, read_prompts, write_jsonl
 from herd.posttrain.stage import write_json
 from herd.tokenizer import Tokenizer
+from herd.train.metrics import native_bf16
 from herd.train.trainer import resolve_device
 
 Scorer = Callable[[list[dict[str, Any]], list[str]], list[float]]
@@ -107,7 +108,8 @@ def reward_model_scorer(path: str) -> Scorer:
     rm, tokenizer = load_reward_model(path)
 
     def score(records: list[dict[str, Any]], responses: list[str]) -> list[float]:
-        with torch.autocast(rm.head.weight.device.type, dtype=torch.bfloat16):
+        device = rm.head.weight.device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=native_bf16(device)):
             return rm.score(tokenizer, [r["messages"] for r in records], responses)
 
     return score

@@ -28,7 +28,7 @@ STAGES = {
     "sft": {"model": {"dtype": DTYPE}, "optim": {"lr": 1e-4, "weight_decay": 0.0},
             "lr_schedule": {"warmup_steps": 1, "decay": "linear", "min_lr_ratio": 0.0},
             "training": {"steps": 10, "seq_len": 512, "batch_tokens": 4096}, "checkpoint": {"interval": 10}, **QUIET},
-    "rs": {"rs": {"samples": 4, "temperature": 0.8, "max_new_tokens": 32}},
+    "rs": {"model": {"dtype": DTYPE}, "rs": {"samples": 4, "temperature": 0.8, "max_new_tokens": 32}},
     "rm": {"model": {"dtype": DTYPE}, "data": {"eval_fraction": 0.2}, "optim": {"lr": 2e-5},
            "training": {"batch_size": 8, "micro_batch_size": 8}, **QUIET},
     "dpo": {"model": {"dtype": DTYPE}, "data": {"eval_fraction": 0.1}, "optim": {"lr": 1e-5},
@@ -46,6 +46,7 @@ def compose(command: str, sections: dict) -> JobConfig:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # in float32 (a CPU without native bf16) the round outlasts the default 600 s
 def test_a_small_round_raises_tool_validity_and_refusals_without_refusing_answerable_questions(tmp_path) -> None:
     overrides = [f"job.dump_folder='{tmp_path / 'round'}'", "round.eval_max_new_tokens=40"]
     overrides += ["synth.tool_dialogs=40", "synth.max_tools=1", "synth.tasks=40", "synth.rs_prompts=16",
