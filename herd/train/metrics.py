@@ -40,8 +40,7 @@ def _sync(device: torch.device) -> None:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmul runs at speed on `device`: always on an accelerator; on a CPU only through oneDNN, which
-    needs AVX512-BF16 or AMX. Elsewhere torch falls back to a scalar kernel, hundreds of times slower than float32
-    (0.3 GFLOP/s against 150 GFLOP/s on a 2-core AVX2 EPYC)."""
+    needs AVX512-BF16 or AMX. Elsewhere torch falls back to a scalar kernel, hundreds of times slower than float32."""
     return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
