@@ -25,7 +25,8 @@ def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="float32", help="weights: float32 (default) or bfloat16")
+    p.add_argument("--quant", default="none", help="weight-only quantization: none (default), int8 or int4")
 
 
 def _sampling_params(a: argparse.Namespace, **extra):
@@ -44,11 +45,10 @@ def _sampling_params(a: argparse.Namespace, **extra):
 
 
 def _load(a: argparse.Namespace):
-    from herd.formats.load import load_pretrained, parse_dtype
+    from herd.formats.load import parse_dtype
+    from herd.inference.load import load_decoder
 
-    t0 = time.perf_counter()
-    loaded = load_pretrained(a.model, dtype=parse_dtype(a.dtype))
-    return loaded, time.perf_counter() - t0
+    return load_decoder(a.model, dtype=parse_dtype(a.dtype), quant=a.quant)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
     from herd.inference.engine import Engine
     from herd.inference.stats import StreamStats, completion_json
 
-    loaded, _ = _load(a)
+    loaded = _load(a)
     tok = loaded.tokenizer
     if a.chat:
         prompt = tok.encode_chat([{"role": "user", "content": a.prompt}])
@@ -82,11 +82,13 @@ def cmd_chat(a: argparse.Namespace) -> None:
     from herd.inference.engine import Engine
     from herd.inference.stats import StreamStats
 
-    loaded, load_s = _load(a)
+    loaded = _load(a)
     tok, engine = loaded.tokenizer, Engine(loaded.model, loaded.tokenizer)
     interactive = sys.stdin.isatty()
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
     print(
-        f"herd chat: {loaded.name} ({loaded.checkpoint.format}, loaded in {load_s:.1f}s). /reset clears, /exit quits."
+        f"herd chat: {loaded.name} ({loaded.format}, {dtype}, quant {loaded.model.quant}, loaded in "
+        f"{loaded.load_s:.1f}s). /reset clears, /exit quits."
     )
     system = [{"role": "system", "content": a.system}] if a.system else []
     history = list(system)

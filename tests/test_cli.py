@@ -52,6 +52,38 @@ def test_chat_reads_piped_stdin_with_reset(monkeypatch, capsys) -> None:
     assert out.count("tokens/s") == 2
 
 
+def test_generate_and_chat_decode_with_quantized_weights(monkeypatch, capsys) -> None:
+    import io
+
+    from herd.inference import engine
+    from herd.inference.decode_model import DecodeModel
+
+    models = []
+
+    class RecordingEngine(engine.Engine):  # the real engine; it only notes the model it was given
+        def __init__(self, model, *args, **kwargs) -> None:
+            models.append(model)
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "Engine", RecordingEngine)
+    code, out, _ = run(capsys, "generate", "-p", "The capital of France is", "-n", "6", "--quant", "int8", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["text"].strip() and len(result["tokens"]) <= 6
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+    code, out, _ = run(capsys, "chat", "-n", "4", "--quant", "int4", "--dtype", "bf16")
+    assert code == 0 and "(gguf, bfloat16, quant int4, loaded in" in out.splitlines()[0] and "you> Hi" in out
+    assert [(type(m), m.quant, m.dtype) for m in models] == [(DecodeModel, "int8", torch.float32),
+                                                             (DecodeModel, "int4", torch.bfloat16)]  # fmt: skip
+    assert models[0].layers[0].wqkv.packed.kind == "int8"  # quantized weights, not a float copy
+
+
+def test_generate_rejects_an_unknown_quant_or_dtype_in_one_line(capsys) -> None:
+    code, _, err = run(capsys, "generate", "-p", "x", "--quant", "int3")
+    assert code == 1 and err == "herd: error: unknown --quant 'int3'; choose one of none, int8, int4\n"
+    code, _, err = run(capsys, "generate", "-p", "x", "--dtype", "float16")
+    assert code == 1 and err.count("\n") == 1 and "float16" in err
+
+
 def test_errors_are_one_line_without_traceback() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "herd", "generate", "--model", "/no/such/model", "-p", "x"],

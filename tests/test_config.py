@@ -112,3 +112,21 @@ def test_each_command_reads_real_keys_and_its_defaults_are_among_them() -> None:
 
 def _needs(command: str) -> list[str]:
     return {"train": ["data.shards=['x']"], "scaling": []}.get(command, ["data.files=['x']"])
+
+
+def test_sampling_and_judge_quantization_keys_parse_and_bad_values_are_named() -> None:
+    rs = load("rs", None, ["data.files=['x']"])
+    assert (rs.model.dtype, rs.rs.quant) == ("bfloat16", "none")  # today's sampler unless asked
+    assert load("rs", None, ["data.files=['x']", "rs.quant=int8"]).rs.quant == "int8"
+    with pytest.raises(ConfigError, match=r"^rs\.quant='int3': expected one of none, int8, int4$"):
+        load("rs", None, ["data.files=['x']", "rs.quant=int3"])
+    with pytest.raises(ConfigError, match=r"rs\.quant='int4' samples on herd's CPU decode kernels"):
+        load("rs", None, ["data.files=['x']", "rs.quant=int4", "training.device=cuda"])
+    q = load("curate", None, []).curate.quality
+    assert (q.judge_dtype, q.judge_quant) == ("bfloat16", "none")
+    q = load("curate", None, ["curate.quality.judge_quant=int4", "curate.quality.judge_dtype=float32"]).curate.quality
+    assert (q.judge_dtype, q.judge_quant) == ("float32", "int4")
+    with pytest.raises(ConfigError, match=r"^curate\.quality\.judge_dtype='float16': expected one of float32"):
+        load("curate", None, ["curate.quality.judge_dtype=float16"])
+    with pytest.raises(ConfigError, match=r"^curate\.quality\.judge_quant='q4': expected one of none, int8, int4$"):
+        load("curate", None, ["curate.quality.judge_quant=q4"])

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 _TRAINS = ("train", "sft", "rm", "dpo", "ppo")
 _POSTTRAIN = ("sft", "rm", "dpo", "ppo", "rs", "synth", "round")
+_QUANTS = ("none", "int8", "int4")  # herd.inference.quantize.QUANTS (this package imports no other stage)
 
 
 def check(cfg: JobConfig, command: str, *, inputs: bool = True) -> None:
@@ -57,6 +58,13 @@ def check(cfg: JobConfig, command: str, *, inputs: bool = True) -> None:
     if command == "rs":
         for name in ("samples", "max_new_tokens", "batch_size"):
             _positive(f"rs.{name}", getattr(cfg.rs, name))
+        _choice("rs.quant", cfg.rs.quant, _QUANTS)
+        if cfg.rs.quant != "none" and t.device == "cuda":
+            raise ConfigError(f"rs.quant={cfg.rs.quant!r} samples on herd's CPU decode kernels, but training.device="
+                              "'cuda'; set training.device to cpu or auto, or rs.quant to none")  # fmt: skip
+    if command == "curate":
+        _choice("curate.quality.judge_dtype", cfg.curate.quality.judge_dtype, ("float32", "bfloat16"))
+        _choice("curate.quality.judge_quant", cfg.curate.quality.judge_quant, _QUANTS)
     if command in ("synth", "round"):
         _check_synth(cfg)
     if command == "scaling":

@@ -41,6 +41,10 @@ class RejectionSection:
     max_new_tokens: int = 64
     batch_size: int = 16
     """Rows decoded together by the engine."""
+    quant: str = "none"
+    """Weights of the sampling model: none (herd's Transformer in model.dtype on training.device), or int8 / int4
+    (weight-only, on herd's CPU decode kernels, so training.device is auto or cpu; model.dtype sets the weights
+    that stay unquantized). The reward model scores as without it."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -169,6 +173,11 @@ class QualitySection:
     judge: str = "smollm2-135m-instruct"
     """Model that labels the training sample (an embedded name or a checkpoint path)."""
     judge_sample: int = 160
+    judge_dtype: str = "bfloat16"
+    """The judge's weights: bfloat16 (the fast CPU path for its long prompts) or float32."""
+    judge_quant: str = "none"
+    """none, or int8 / int4: weight-only quantized judge on herd's decode kernels (the judge only scores: one
+    forward per batch, no generation)."""
     threshold: float | None = None
     """Drop documents whose quality score (0..1) is below this; None only scores them."""
 

@@ -292,7 +292,7 @@ class Curator:
 
     def _fit_models(self) -> None:
         from herd.data.filters import TokenDistributionFilter
-        from herd.data.quality import LLMJudge, label_and_train_quality, train_domain_classifier
+        from herd.data.quality import LLMJudge, label_and_train_quality, load_judge, train_domain_classifier
 
         h, q = self.cfg.heuristics, self.cfg.quality
         self.models.mkdir(parents=True, exist_ok=True)
@@ -335,12 +335,9 @@ class Curator:
                 ) from None
         quality = self.models / "quality.npz"
         if q.enabled and q.classifier is None and not quality.exists():
-            import torch
-
-            from herd.formats import load_pretrained
-
-            self.log(f"  labelling {q.judge_sample} documents with the judge {q.judge} ...")
-            judge = LLMJudge(load_pretrained(q.judge, dtype=torch.bfloat16))  # bf16: the fast CPU path
+            self.log(f"  labelling {q.judge_sample} documents with the judge {q.judge} ({q.judge_dtype}, "
+                     f"quant {q.judge_quant}) ...")  # fmt: skip
+            judge = LLMJudge(load_judge(q.judge, dtype=q.judge_dtype, quant=q.judge_quant))
             sample = [d["text"] for d in docs[:: max(1, len(docs) // q.judge_sample)][: q.judge_sample]]
             classifier, report = label_and_train_quality(sample, judge)
             classifier.save(quality)

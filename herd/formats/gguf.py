@@ -10,13 +10,15 @@ Parsing and dequantization go through the `gguf` package. Format facts follow th
 - Llama 3.1 RoPE scaling is not stored as keys: the converter writes a `rope_freqs.weight` tensor
   of per-frequency divisors (llama.cpp rotates by base_freq / divisor) and no `rope.scaling.*`
   key. `_rope_scaling` recovers herd's `RopeScaling` from it; see [Note: rope_freqs].
+- With `keep_packed`, Q8_0 / Q4_0 / Q4_1 / Q4_K matrices are read into `PackedWeight` straight from
+  their block bytes (`_to_packed`), never dequantized; see [Note: packed GGUF blocks].
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import gguf
 import numpy as np
@@ -24,6 +26,7 @@ import torch
 
 from herd.errors import CheckpointError, ModelError
 from herd.formats.common import expected_shapes
+from herd.formats.packed import GROUP, PackedWeight, pack_int4
 from herd.ggufio import open_gguf, read_metadata
 from herd.model import ModelArgs, RopeScaling
 from herd.model.llama import rope_frequencies
@@ -56,14 +59,28 @@ _LLAMA31_LOW, _LLAMA31_HIGH, _LLAMA31_ORIGINAL = 1.0, 4.0, 8192
 _ROPE_RTOL = 1e-4
 
 
+# Overloads so that callers not asking for packed weights keep a dict of plain tensors.
+@overload
 def read_gguf(
-    path: str | Path, *, dtype: torch.dtype = torch.float32
-) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]:
+    path: str | Path, *, dtype: torch.dtype = ..., keep_packed: Literal[False] = ...
+) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]: ...
+@overload
+def read_gguf(
+    path: str | Path, *, dtype: torch.dtype = ..., keep_packed: bool
+) -> tuple[ModelArgs, dict[str, torch.Tensor | PackedWeight], dict[str, Any]]: ...
+def read_gguf(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, keep_packed: bool = False
+) -> (
+    tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]
+    | tuple[ModelArgs, dict[str, torch.Tensor | PackedWeight], dict[str, Any]]
+):
     """Read a GGUF Llama model.
 
     Returns (model args, state dict with herd/Meta key names and layout in `dtype`, the GGUF
-    key/values as plain python values). Quantized tensors are dequantized. For tied models
-    `output.weight` is the same tensor object as `tok_embeddings.weight`.
+    key/values as plain python values). Quantized tensors are dequantized, except with
+    `keep_packed`: then 2-D Q8_0 matrices become PackedWeight "int8" and Q4_0 / Q4_1 / Q4_K ones
+    "int4" (float16 scales whatever `dtype` is); other types are still dequantized to `dtype`.
+    For tied models `output.weight` is the same object as `tok_embeddings.weight`.
     """
     path = Path(path)
     reader = open_gguf(path)
@@ -73,7 +90,11 @@ def read_gguf(
     args = _model_args(metadata, tensors, path)
     gguf_to_herd = _check_tensors(args, tensors, path)
 
-    state_dict = {herd: _to_torch(tensors[name], dtype, path) for name, herd in gguf_to_herd.items()}
+    state_dict: dict[str, torch.Tensor | PackedWeight] = {}
+    for name, herd in gguf_to_herd.items():
+        t = tensors[name]
+        packs = keep_packed and len(t.shape) == 2 and t.tensor_type in _PACKED_KIND
+        state_dict[herd] = _to_packed(t, path) if packs else _to_torch(t, dtype, path)
     if args.tie_embeddings:
         state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
     return args, state_dict, metadata
@@ -287,3 +308,97 @@ def _to_torch(t: Any, dtype: torch.dtype, path: Path) -> torch.Tensor:
                 f"{path}: tensor {t.name!r} has type {kind.name}, which the gguf package cannot dequantize"
             ) from e
     return out.reshape(shape).to(dtype)
+
+
+# [Note: packed GGUF blocks]
+# A 2-D tensor's data is uint8 (out, in / block * block_bytes): each row of herd's (N, K) matrix is
+# a run of blocks. Block layouts (ggml-common.h; the gguf package's numpy dequantizers in
+# gguf/quants.py compute the same values):
+#   Q8_0 (32 values, 34 bytes):  fp16 d, int8 qs[32];                 w = d * q
+#   Q4_0 (32 values, 18 bytes):  fp16 d, qs[16];                      w = d * (q - 8)
+#   Q4_1 (32 values, 20 bytes):  fp16 d, fp16 m, qs[16];              w = d * q + m
+#   Q4_K (256 values, 144 bytes): fp16 d, fp16 dmin, scales[12], qs[128];
+#        sub-block s of 32 values: w = d * sc[s] * q - dmin * m[s], 6-bit sc / m packed in scales.
+# Q4_0 / Q4_1 nibbles are herd's order (byte j: value j low, value 16 + j high), so their qs bytes
+# are copied. Q4_K's are not: in each 64-value chunk c of 32 bytes, the low nibbles are sub-block
+# 2c and the high nibbles sub-block 2c + 1, so they are unpacked and repacked.
+# Exactness of PackedWeight.dequantize() against gguf.quants.dequantize:
+# - Q8_0, Q4_1: same float16 numbers, same float32 operations: bit-identical.
+# - Q4_0: mins = -8 * d is exact in float16, and q * d + (-8 d) is the exactly representable
+#   (q - 8) * d: bit-identical.
+# - Q4_K: d * sc[s] has up to 17 significant bits, so rounding it (and dmin * m[s]) to float16 errs
+#   by up to 2^-11 of the value (an absolute 2^-25 below float16's normal range, 2^-14). Where d
+#   and dmin have at most 5 significant bits (powers of two, say) the conversion is exact.
+
+_PACKED_KIND = {
+    gguf.GGMLQuantizationType.Q8_0: "int8",
+    gguf.GGMLQuantizationType.Q4_0: "int4",
+    gguf.GGMLQuantizationType.Q4_1: "int4",
+    gguf.GGMLQuantizationType.Q4_K: "int4",
+}
+
+
+def _to_packed(t: Any, path: Path) -> PackedWeight:
+    """One 2-D Q8_0 / Q4_0 / Q4_1 / Q4_K tensor as a PackedWeight, parsed from its block bytes."""
+    n, k = (int(d) for d in reversed(t.shape.tolist()))
+    kind = t.tensor_type
+    block, size = gguf.GGML_QUANT_SIZES[kind]
+    raw = np.asarray(t.data)
+    if k % block or raw.dtype != np.uint8 or raw.size != n * (k // block) * size:
+        raise CheckpointError(
+            f"{path}: tensor {t.name!r} of type {kind.name} and shape {[n, k]} holds {raw.size} {raw.dtype} items, "
+            f"expected {n * (k // block) * size} bytes ({block}-value blocks of {size} bytes)"
+        )
+    blocks = raw.reshape(n, k // block, size)
+
+    def field(start: int, stop: int, dtype: type) -> np.ndarray:
+        """Bytes [start, stop) of every block, copied out of the memmap and viewed as `dtype`."""
+        return blocks[..., start:stop].copy().view(dtype)
+
+    groups = k // GROUP
+    if kind == gguf.GGMLQuantizationType.Q8_0:
+        q8 = torch.from_numpy(field(2, size, np.int8).reshape(n, k))
+        return PackedWeight("int8", (n, k), q8, torch.from_numpy(field(0, 2, np.float16).reshape(n, groups)))
+    if kind == gguf.GGMLQuantizationType.Q4_0:
+        d = field(0, 2, np.float16).reshape(n, groups)
+        mins = _half(-8 * d.astype(np.float32), t, path, "mins (-8 * d)")
+        qweight, scales = field(2, size, np.uint8).reshape(n, k // 2), d
+    elif kind == gguf.GGMLQuantizationType.Q4_1:
+        scales, mins = field(0, 2, np.float16).reshape(n, groups), field(2, 4, np.float16).reshape(n, groups)
+        qweight = field(4, size, np.uint8).reshape(n, k // 2)
+    else:  # Q4_K
+        d = field(0, 2, np.float16).astype(np.float32)  # (n, k/256, 1)
+        dmin = field(2, 4, np.float16).astype(np.float32)
+        sc, m = _q4k_scale_min(field(4, 16, np.uint8))
+        scales = _half(d * sc, t, path, "scales (d * sc)").reshape(n, groups)
+        mins = _half(-dmin * m, t, path, "mins (-dmin * m)").reshape(n, groups)
+        qs = field(16, size, np.uint8).reshape(n, k // 256, 4, 1, 32)  # 4 chunks of 64 values
+        # (lo, hi) of chunk c are sub-blocks 2c and 2c + 1, which is value order once stacked.
+        q = np.concatenate((qs & 0x0F, qs >> 4), axis=3).reshape(n, k)
+        qweight = pack_int4(torch.from_numpy(q)).numpy()
+    return PackedWeight("int4", (n, k), torch.from_numpy(qweight), torch.from_numpy(scales), torch.from_numpy(mins))
+
+
+def _q4k_scale_min(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K's 12 bytes per super-block -> 6-bit (scale, min) per sub-block, each float32 (..., 8).
+
+    As the gguf package's Q4_K.get_scale_min (ggml's get_scale_min_k4): bytes 0-3 hold the low 6
+    bits of scales 0-3, bytes 4-7 those of mins 0-3; scales / mins 4-7 take their low 4 bits from
+    the low / high nibble of bytes 8-11 and their top 2 bits from the top 2 bits of bytes 0-3 / 4-7.
+    """
+    lo_sc, lo_m, hi = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    sc = np.concatenate((lo_sc & 0x3F, (hi & 0x0F) | ((lo_sc >> 2) & 0x30)), axis=-1)
+    m = np.concatenate((lo_m & 0x3F, (hi >> 4) | ((lo_m >> 2) & 0x30)), axis=-1)
+    return sc.astype(np.float32), m.astype(np.float32)
+
+
+def _half(x: np.ndarray, t: Any, path: Path, what: str) -> np.ndarray:
+    """Round float32 block constants to float16; a finite value that overflows is an error, not inf."""
+    with np.errstate(over="ignore"):  # reported below, naming the tensor
+        out = x.astype(np.float16)
+    if (bad := np.isinf(out) & np.isfinite(x)).any():
+        raise CheckpointError(
+            f"{path}: tensor {t.name!r} of type {t.tensor_type.name}: block {what} = {float(x[bad][0])} "
+            "overflows float16; read it without keep_packed"
+        )
+    return out

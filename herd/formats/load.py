@@ -71,10 +71,10 @@ def load_pretrained(
     path = resolve_model_path(name_or_path)
     ckpt = read_checkpoint(path, dtype=dtype)
     model = load_model(ckpt, device=device).eval()
-    return Pretrained(model=model, tokenizer=_tokenizer_for(ckpt), checkpoint=ckpt, name=name_or_path or DEFAULT_MODEL)
+    return Pretrained(model=model, tokenizer=tokenizer_for(ckpt), checkpoint=ckpt, name=name_or_path or DEFAULT_MODEL)
 
 
-def _tokenizer_for(ckpt: Checkpoint) -> Tokenizer:
+def tokenizer_for(ckpt: Checkpoint) -> Tokenizer:
     path = ckpt.path
     tokenizer: Tokenizer
     if ckpt.format == "gguf":

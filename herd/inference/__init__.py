@@ -2,5 +2,6 @@
 
 from herd.inference.engine import Completion, Engine, TokenEvent
 from herd.inference.sampling import SamplingParams
+from herd.inference.speculative import SpeculativeConfig, SpeculativeStats
 
-__all__ = ["Completion", "Engine", "SamplingParams", "TokenEvent"]
+__all__ = ["Completion", "Engine", "SamplingParams", "SpeculativeConfig", "SpeculativeStats", "TokenEvent"]

@@ -5,6 +5,13 @@ its own RoPE positions (counting only its real tokens) and a mask that hides the
 row computes what it would compute alone. One prefill forward fills the cache, then each step
 feeds one token per row. Rows finish on their own (stop token, stop string, length); the step
 loop ends when all have.
+
+With a SpeculativeConfig, a batch of one prompt decodes speculatively (herd/inference/speculative.py):
+each target forward checks several drafted tokens and yields 1..k+1 of them. Batches of several prompts
+decode as without it: rows accept different numbers of drafts, and keeping their cache slots aligned would
+throw most of the gain away. So latency-bound single requests speed up and batched throughput is as before.
+Greedy output is the same either way. Sampled output has the same distribution, but the random numbers are
+spent differently, so a seeded request alone (speculative) and in a batch (plain) gives different tokens.
 """
 
 from __future__ import annotations
@@ -15,8 +22,17 @@ from dataclasses import dataclass, field
 import torch
 
 from herd.errors import InferenceError
+from herd.inference.decode_model import GenerationModel, model_device
 from herd.inference.sampling import SamplingParams, sample_token
-from herd.model import Transformer, causal_mask
+from herd.inference.speculative import (
+    Draft,
+    SpeculativeConfig,
+    SpeculativeStats,
+    forward_span,
+    make_drafter,
+    verify,
+)
+from herd.model import causal_mask
 from herd.tokenizer import StreamDecoder, Tokenizer
 
 
@@ -119,10 +135,36 @@ def _overlap(text: str, stop: str) -> int:
 class Engine:
     """Generation for one model + tokenizer. Not thread-safe: one batch at a time owns the KV cache."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, *, max_batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model: GenerationModel,
+        tokenizer: Tokenizer,
+        *,
+        max_batch_size: int = 8,
+        speculative: SpeculativeConfig | None = None,
+        prefill_chunk: int = 512,
+    ) -> None:
+        if prefill_chunk < 1:
+            raise InferenceError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.prefill_chunk = prefill_chunk
+        self.speculative = speculative
+        if speculative is not None and (draft := speculative.draft_model) is not None:
+            if draft is model:
+                raise InferenceError(
+                    "speculative draft_model is the target model itself; the two need separate KV caches, "
+                    "so pass a copy (copy.deepcopy(model))"
+                )
+            if draft.args.vocab_size != model.args.vocab_size:
+                raise InferenceError(
+                    f"speculative draft_model has vocab_size {draft.args.vocab_size}, "
+                    f"the target {model.args.vocab_size}; they must share the tokenizer"
+                )
+        self.drafter = None if speculative is None else make_drafter(speculative)
+        self.last_stats = SpeculativeStats()
+        """Drafted / accepted counts of the latest stream or generate call (zeros without speculation)."""
 
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
@@ -141,6 +183,7 @@ class Engine:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise InferenceError(f"got {len(prompts)} prompts but {len(params)} sampling settings")
+        self.last_stats = SpeculativeStats()
         for start in range(0, len(prompts), self.max_batch_size):
             stop = start + self.max_batch_size
             for event in self._stream_batch(prompts[start:stop], params[start:stop]):
@@ -161,7 +204,10 @@ class Engine:
                 f"prompt of {P} tokens leaves no room in the model's context ({model.args.max_seq_len})"
             )
         total = min(P + max(p.max_new_tokens for p in params), model.args.max_seq_len)
-        device = model.tok_embeddings.weight.device
+        if self.drafter is not None and B == 1:
+            yield from self._stream_speculative(list(prompts[0]), params[0], total)
+            return
+        device = model_device(model)
         rows = [_Row(i, list(p), sp, self.tokenizer) for i, (p, sp) in enumerate(zip(prompts, params, strict=True))]
 
         tokens = torch.zeros(B, P, dtype=torch.long, device=device)
@@ -175,12 +221,9 @@ class Engine:
             seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
             seen.scatter_(1, tokens, valid[:, :P])
 
-        # Padding queries attend to themselves only, so no softmax row is empty (that would give NaN).
-        eye = torch.eye(P, dtype=torch.bool, device=device)
-        mask = (causal_mask(P, P, device=device) & valid[:, None, :P]) | eye
         model.setup_caches(B, total)
         try:
-            logits_BV = model(tokens, positions_BT=positions, mask=mask[:, None], cache_pos=0)[:, -1]
+            logits_BV = self._prefill(tokens, positions, valid[:, :P])
             next_pos = positions[:, -1] + 1
             for slot in range(P, total):
                 chosen = torch.zeros(B, dtype=torch.long, device=device)
@@ -212,3 +255,76 @@ class Engine:
                     yield event
         finally:
             model.clear_caches()
+
+    def _prefill(self, tokens_BP: torch.Tensor, positions_BP: torch.Tensor, valid_BP: torch.Tensor) -> torch.Tensor:
+        """Fill the KV cache with the (left-padded) prompts and return the last position's logits (B, V).
+
+        Chunks of `prefill_chunk` queries keep attention's scores at chunk x P, not P x P, for long prompts, and
+        only the last position goes through the vocabulary projection."""
+        model, (B, P), device = self.model, tokens_BP.shape, tokens_BP.device
+        logits_BV = torch.empty(0)
+        for start in range(0, P, self.prefill_chunk):
+            end = min(start + self.prefill_chunk, P)
+            # Padding queries attend to themselves only, so no softmax row is empty (that would give NaN).
+            itself = torch.arange(end, device=device)[None, :] == torch.arange(start, end, device=device)[:, None]
+            mask = (causal_mask(end - start, end, start, device=device) & valid_BP[:, None, :end]) | itself
+            wanted = torch.zeros(B, end - start, dtype=torch.bool, device=device)
+            wanted[:, -1] = end == P
+            logits_BV = model(
+                tokens_BP[:, start:end],
+                positions_BT=positions_BP[:, start:end],
+                mask=mask[:, None],
+                cache_pos=start,
+                output_mask=wanted,
+            )
+        return logits_BV
+
+    @torch.inference_mode()
+    def _stream_speculative(self, prompt: list[int], params: SamplingParams, total: int) -> Iterator[TokenEvent]:
+        """One sequence: draft, verify with one forward, emit the kept tokens through the row like plain decoding."""
+        model, vocab, drafter, stats = self.model, self.model.args.vocab_size, self.drafter, self.last_stats
+        assert drafter is not None and self.speculative is not None  # only called with a speculative config
+        k_max = self.speculative.num_draft_tokens
+        row = _Row(0, prompt, params, self.tokenizer)
+        device = model_device(model)
+        seen_V = None
+        if params.repetition_penalty != 1.0:
+            seen_V = torch.zeros(vocab, dtype=torch.bool, device=device)
+            seen_V[torch.tensor(prompt, device=device)] = True
+        model.setup_caches(1, total)
+        try:
+            drafter.start(total)
+            # The first token comes from the prefill exactly as in plain decoding.
+            logits_JV = forward_span(model, prompt, 0)[-1:]
+            new_tokens = [sample_token(logits_JV[0], params, row.generator, seen_V)]
+            context = list(prompt)  # prompt and accepted tokens; the cache holds all but the newest
+            while True:
+                logprobs_JV = logits_JV.log_softmax(dim=-1) if params.logprobs else None
+                for j, token in enumerate(new_tokens):
+                    yield row.add(token, None if logprobs_JV is None else float(logprobs_JV[j, token]))
+                    context.append(token)
+                    if seen_V is not None:
+                        seen_V[token] = True
+                    if row.done:
+                        return
+                # A forward of [newest, k drafts] writes slots up to len(context) + k - 1 and may yield k+1
+                # tokens: both must stay within the `total` slots (the context or max_new_tokens limit).
+                room = total - len(context)
+                if room == 0:
+                    break
+                k = min(k_max, room - 1)
+                draft = drafter.propose(context, k, params, row.generator) if k else Draft([])
+                logits_JV = forward_span(model, [context[-1], *draft.tokens], len(context) - 1)
+                if draft.tokens:
+                    new_tokens = verify(logits_JV, draft, params, row.generator, seen_V)
+                else:  # nothing drafted: a plain decoding step
+                    new_tokens = [sample_token(logits_JV[0], params, row.generator, seen_V)]
+                stats.forwards += 1
+                stats.drafted += len(draft.tokens)
+                stats.accepted += len(new_tokens) - 1
+                stats.tokens += len(new_tokens)
+            if (event := row.truncate()) is not None:
+                yield event
+        finally:
+            model.clear_caches()
+            drafter.finish()

@@ -66,6 +66,23 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+def penalized_logits(logits_V: torch.Tensor, params: SamplingParams, seen_V: torch.Tensor | None) -> torch.Tensor:
+    """float32 logits after the repetition penalty; any leading dims (one row per position) work alike."""
+    logits_V = logits_V.float()
+    if seen_V is not None:
+        logits_V = apply_repetition_penalty(logits_V, seen_V, params.repetition_penalty)
+    return logits_V
+
+
+def token_probs(logits_V: torch.Tensor, params: SamplingParams, seen_V: torch.Tensor | None = None) -> torch.Tensor:
+    """The distribution that sampling draws from (penalty, temperature, top-k, top-p); temperature must be > 0.
+
+    Speculative sampling needs this distribution itself, not just a draw from it, to accept or reject a draft.
+    """
+    logits_V = penalized_logits(logits_V, params, seen_V)
+    return filter_top_k_top_p(logits_V / params.temperature, params.top_k, params.top_p).softmax(dim=-1)
+
+
 def sample_token(
     logits_V: torch.Tensor,
     params: SamplingParams,
@@ -74,10 +91,6 @@ def sample_token(
 ) -> int:
     """Next token for one sequence. Rows are sampled one by one so that each has its own settings and
     random stream: a seeded request gives the same output alone or batched with others."""
-    logits_V = logits_V.float()
-    if seen_V is not None:
-        logits_V = apply_repetition_penalty(logits_V, seen_V, params.repetition_penalty)
     if params.temperature == 0:
-        return int(logits_V.argmax())
-    logits_V = filter_top_k_top_p(logits_V / params.temperature, params.top_k, params.top_p)
-    return int(torch.multinomial(logits_V.softmax(dim=-1), 1, generator=generator))
+        return int(penalized_logits(logits_V, params, seen_V).argmax())
+    return int(torch.multinomial(token_probs(logits_V, params, seen_V), 1, generator=generator))

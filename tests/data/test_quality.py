@@ -18,6 +18,7 @@ from datatrove.data import Document
 
 from herd.data.quality import (
     DOMAINS,
+    QUALITY_EXAMPLES,
     DomainTagger,
     Featurizer,
     LLMJudge,
@@ -25,6 +26,7 @@ from herd.data.quality import (
     TextClassifier,
     judge_quality,
     label_and_train_quality,
+    load_judge,
     seed_domain_label,
     train_domain_classifier,
 )
@@ -522,6 +524,31 @@ def bad_documents(seed: int = 0) -> list[str]:
         else:
             out.append(" ".join("".join(rng.choice("#$%&*@^~|<>{}=+0123456789") for _ in range(6)) for _ in range(50)))
     return out
+
+
+def test_llm_judge_scores_with_int8_weights_on_a_decode_model(tiny_chat_model) -> None:
+    """curate.quality.judge_quant: the judge only scores (one forward per batch, no generation), so int8/int4 apply
+    to that forward. Two few-shot examples keep the prompt within the tiny model's 512-token context."""
+    import torch
+
+    from herd.inference.decode_model import DecodeModel
+    from herd.model import Transformer
+
+    model, tok = load_judge(tiny_chat_model, dtype="float32", quant="int8")
+    assert isinstance(model, DecodeModel) and model.quant == "int8" and model.layers[0].wqkv.packed.kind == "int8"
+    plain = load_judge(tiny_chat_model, dtype="float32")[0]
+    assert isinstance(plain, Transformer)  # judge_quant=none: as before
+    for m in (model, plain):
+        judge = LLMJudge((m, tok), examples=QUALITY_EXAMPLES[:2], max_doc_tokens=64, batch_size=4)
+        # The shared prefix copied through the model's cache gives what one plain forward over the prompt gives.
+        doc = tok.encode(" " + GOOD[0]) + judge.suffix
+        with torch.inference_mode():
+            full = m(torch.tensor([judge.prefix + doc]))[0, -1].log_softmax(-1)
+        shared = judge._next_token_logprobs([doc, tok.encode(" spam spam") + judge.suffix])[0]
+        torch.testing.assert_close(shared, full, atol=1e-4, rtol=0)
+    judge = LLMJudge((model, tok), examples=QUALITY_EXAMPLES[:2], max_doc_tokens=64)
+    scores = judge.scores(GOOD[:3] + bad_documents()[:3])
+    assert scores.shape == (6,) and np.all((scores >= 0) & (scores <= 3))
 
 
 @pytest.mark.slow

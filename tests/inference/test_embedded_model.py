@@ -1,11 +1,13 @@
 """The embedded SmolLM2-135M-Instruct GGUF: herd's greedy chat continuations are token-identical to
-transformers' greedy generation on the same GGUF file (both dequantize to float32)."""
+transformers' greedy generation on the same GGUF file (both dequantize to float32), with herd's training model and
+with its decode model."""
 
 import pytest
 import torch
 
 from herd.formats import load_pretrained, resolve_model_path
 from herd.inference import Engine, SamplingParams
+from herd.inference.decode_model import DecodeModel
 
 PROMPTS = [
     "What is the capital of France?",
@@ -29,8 +31,13 @@ def test_greedy_chat_matches_transformers_on_the_same_gguf(herd_model) -> None:
     ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     tok = herd_model.tokenizer
     prompts = [tok.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
-    ours = Engine(herd_model.model, tok, max_batch_size=5).generate(prompts, SamplingParams(max_new_tokens=64))
-    for prompt, c in zip(prompts, ours, strict=True):
+    params = SamplingParams(max_new_tokens=64)
+    ours = Engine(herd_model.model, tok, max_batch_size=5).generate(prompts, params)
+    # The decode model (fused weights, herd's kernels, one request at a time as a chat would run) in float32 too.
+    fast = Engine(DecodeModel.from_transformer(herd_model.model), tok)
+    ours_fast = [fast.generate([p], params)[0] for p in prompts]
+    for prompt, c, c_fast in zip(prompts, ours, ours_fast, strict=True):
+        assert c_fast.tokens == c.tokens
         with torch.no_grad():
             out = ref.generate(
                 torch.tensor([prompt]), max_new_tokens=64, do_sample=False, eos_token_id=sorted(tok.stop_ids)

@@ -5,12 +5,13 @@ import json
 import random
 
 import pytest
+import torch
 from writers import write_pairs, write_prompts
 
 from herd.config import load
 from herd.formats.load import load_pretrained
 from herd.posttrain.ppo import run_ppo
-from herd.posttrain.rejection import agreement, run_rs, select
+from herd.posttrain.rejection import agreement, load_sampler, run_rs, select
 from herd.posttrain.reward import load_reward_model, run_rm
 from herd.posttrain.sft import run_sft
 from herd.posttrain.synth import verifiable_reward
@@ -74,6 +75,32 @@ def test_rejection_sampling_ranks_by_checker_then_reward_model_and_writes_pairs(
         assert rescored == pytest.approx(record["score"], rel=1e-2)  # bf16 autocast in rs vs float32 here
     pairs = [json.loads(x) for x in (tmp_path / "rs" / "rs_pairs.jsonl").read_text().splitlines()]
     assert all(p["scores"][0] > p["scores"][1] and p["chosen"] != p["rejected"] for p in pairs)
+
+
+def test_rejection_sampling_with_int8_weights_samples_on_a_decode_model(tiny_chat_model, tmp_path, monkeypatch) -> None:
+    from herd.inference.decode_model import DecodeModel
+    from herd.model import Transformer
+    from herd.posttrain import rejection
+
+    models = []
+
+    class RecordingEngine(rejection.Engine):  # the real engine; it only notes the model it was given
+        def __init__(self, model, *args, **kwargs) -> None:
+            models.append(model)
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(rejection, "Engine", RecordingEngine)
+    write_prompts(tmp_path / "prompts.jsonl", n=3)
+    overrides = [f"job.dump_folder='{tmp_path / 'rs'}'", f"model.init_from='{tiny_chat_model}'",
+                 f"data.files=['{tmp_path / 'prompts.jsonl'}']", "rs.samples=2", "rs.max_new_tokens=4",
+                 "training.device=cpu"]  # fmt: skip
+    s = run_rs(load("rs", None, [*overrides, "rs.quant=int8"]))
+    assert s["samples"] == 6 and s["ranked_by"] == "checker"
+    (model,) = models
+    assert isinstance(model, DecodeModel) and (model.quant, model.dtype) == ("int8", torch.bfloat16)
+    assert model.layers[0].wqkv.packed.kind == "int8"  # quantized weights, not a float copy
+    assert 'quant = "int8"' in (tmp_path / "rs" / "config.toml").read_text()
+    assert isinstance(load_sampler(load("rs", None, overrides))[0], Transformer)  # rs.quant=none: as before
 
 
 def test_select_ranks_by_the_checker_then_the_reward_model() -> None:

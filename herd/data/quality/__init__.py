@@ -9,6 +9,7 @@ built the same way pick the data mix. This package has the same parts, small eno
 - `LLMJudge` / `judge_quality` (judge.py): few-shot rubric prompt to a chat model (default: the embedded
   SmolLM2-135M-Instruct); the score is the expected value of the next-token distribution over the digits 0..3, not
   parsed from free text. Any callable `texts -> labels` can stand in for it (a bigger model, or heuristic labels).
+  `load_judge` loads its model in bf16/fp32, or with int8/int4 weights for herd's decode kernels.
 - `label_and_train_quality` (judge.py): judge a sample, train the classifier on it, report held-out agreement with
   the judge.
 - `seed_domain_label` / `train_domain_classifier` (domain.py): heuristic seed labels (code by syntax, math by
@@ -29,6 +30,7 @@ from herd.data.quality.judge import (
     QualityTrainingReport,
     judge_quality,
     label_and_train_quality,
+    load_judge,
 )
 from herd.data.quality.steps import DomainTagger, QualityScorer
 
@@ -48,6 +50,7 @@ __all__ = [
     "code_score",
     "judge_quality",
     "label_and_train_quality",
+    "load_judge",
     "math_score",
     "scores_from_proba",
     "seed_domain_label",

@@ -8,7 +8,7 @@ sample, fit a `TextClassifier` on part of it, report its agreement with the judg
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from herd.formats.load import Pretrained
     from herd.inference import Engine
+    from herd.inference.decode_model import DecodeModel
     from herd.model import Transformer
     from herd.model.llama import TransformerBlock
     from herd.tokenizer import Tokenizer
@@ -75,13 +76,13 @@ class LLMJudge:
     of the embedded corpus (40 clean, 40 planted junk): AUC 0.88 / 0.87 without / with calibration, accuracy at
     threshold 1.5 from 0.51 to 0.75 (fp32: 0.55 to 0.84).
 
-    `model`: a loaded model, an engine, a (model, tokenizer) pair, or None to load the embedded SmolLM2-135M-Instruct
-    in `dtype`.
+    `model`: a loaded model, an engine, a (model, tokenizer) pair (the model a Transformer or a DecodeModel), or
+    None to load the embedded SmolLM2-135M-Instruct with `load_judge(dtype=dtype, quant=quant)`.
     """
 
     def __init__(
         self,
-        model: Pretrained | Engine | tuple[Transformer, Tokenizer] | None = None,
+        model: Pretrained | Engine | tuple[Transformer | DecodeModel, Tokenizer] | None = None,
         *,
         rubric: str = QUALITY_RUBRIC,
         examples: Sequence[tuple[str, int]] = QUALITY_EXAMPLES,
@@ -91,13 +92,10 @@ class LLMJudge:
         batch_size: int = 8,
         calibrate: bool = True,
         dtype: str = "bfloat16",
+        quant: str = "none",
     ) -> None:
         if model is None:
-            from herd.formats import load_pretrained
-            from herd.formats.load import parse_dtype
-
-            # bf16 is the fast CPU path here (2.2x fp32 for this judge) and gave the same ranking on the test set.
-            model = load_pretrained(dtype=parse_dtype(dtype))
+            model = load_judge(dtype=dtype, quant=quant)
         if isinstance(model, tuple):
             self.model, self.tokenizer = model
         else:
@@ -158,13 +156,14 @@ class LLMJudge:
         """
         import torch
 
+        from herd.inference.decode_model import model_device
         from herd.model import causal_mask
 
         model, prefix = self.model, self.prefix
         B, L, S = len(suffixes), len(prefix), max(map(len, suffixes))
         if L + S > model.args.max_seq_len:
             raise DataError(f"judge prompt of {L + S} tokens exceeds the model's context ({model.args.max_seq_len})")
-        device = model.tok_embeddings.weight.device
+        device = model_device(model)
         tokens = torch.zeros(B, S, dtype=torch.long, device=device)
         valid = torch.ones(B, L + S, dtype=torch.bool, device=device)
         for i, s in enumerate(suffixes):
@@ -176,15 +175,51 @@ class LLMJudge:
         try:
             with torch.inference_mode():
                 model(torch.tensor([prefix], device=device), cache_pos=0)
-                for layer in model.layers.values():
-                    cache = cast("TransformerBlock", layer).attention.kv_cache  # ModuleDict values type as Module
-                    assert cache is not None  # setup_caches above
-                    cache.k[1:B, :, :L] = cache.k[:1, :, :L]
-                    cache.v[1:B, :, :L] = cache.v[:1, :, :L]
+                for k, v in _kv_caches(model):
+                    k[1:B, :, :L] = k[:1, :, :L]
+                    v[1:B, :, :L] = v[:1, :, :L]
                 logits = model(tokens, positions_BT=positions, mask=mask[:, None], cache_pos=L)[:, -1]
         finally:
             model.clear_caches()
         return logits.float().log_softmax(dim=-1).cpu()
+
+
+def load_judge(
+    name_or_path: str | None = None, *, dtype: str = "bfloat16", quant: str = "none"
+) -> tuple[Transformer | DecodeModel, Tokenizer]:
+    """The judge's model and tokenizer (None: the embedded SmolLM2-135M-Instruct). Unquantized, herd's Transformer
+    in `dtype`: bf16 is the fast CPU path for the judge's long prompts (2.2x fp32) and gave the same ranking on the
+    test set. With `quant` int8/int4, a DecodeModel with weight-only quantized weights (a GGUF file's stored
+    blocks reused where at least as precise), `dtype` for the weights that stay unquantized."""
+    from herd.formats.load import parse_dtype
+
+    if quant == "none":
+        from herd.formats import load_pretrained
+
+        pretrained = load_pretrained(name_or_path, dtype=parse_dtype(dtype))
+        return pretrained.model, pretrained.tokenizer
+    from herd.inference.load import load_decoder
+
+    decoder = load_decoder(name_or_path, dtype=parse_dtype(dtype), quant=quant)
+    return decoder.model, decoder.tokenizer
+
+
+def _kv_caches(model: Transformer | DecodeModel) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's key and value cache, (B, K, S, H), after `setup_caches`."""
+    import torch
+
+    from herd.inference.decode_model import DecodeModel
+
+    if isinstance(model, DecodeModel):
+        for block in model.layers:
+            k, v = block.k_cache, block.v_cache
+            assert isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)  # setup_caches
+            yield k, v
+        return
+    for layer in model.layers.values():
+        cache = cast("TransformerBlock", layer).attention.kv_cache  # ModuleDict values type as Module
+        assert cache is not None  # setup_caches
+        yield cache.k, cache.v
 
 
 def judge_quality(texts: Sequence[str], judge: Judge | Pretrained | Engine | None = None) -> list[int]:

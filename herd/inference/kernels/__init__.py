@@ -1,0 +1,151 @@
+"""herd's decode kernels (linear.cpp), compiled on first use with torch's C++ extension builder.
+
+The build takes about half a minute and is cached under ~/.cache/herd/kernels (HERD_KERNEL_DIR
+overrides), keyed by torch version, CPU capability and source hash. Where no compiler is available
+the same functions run on torch ops: correct, but slower than plain float32 (a warning says so).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from herd.formats.packed import GROUP, unpack_int4
+
+log = logging.getLogger(__name__)
+_SOURCE = Path(__file__).with_name("linear.cpp")
+
+
+def _build_dir(tag: str) -> Path:
+    root = Path(os.environ.get("HERD_KERNEL_DIR") or Path.home() / ".cache" / "herd" / "kernels")
+    path = root / tag
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@functools.cache
+def available() -> bool:
+    """Compile (or load the cached build of) the kernels once per process; False if that fails."""
+    if os.environ.get("HERD_KERNELS", "1") == "0":
+        return False
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
+    # Target an explicit ISA, not -march=native: a cache shared by machines must not hold
+    # instructions one of them lacks.
+    # No FMA contraction of plain arithmetic: RoPE and RMSNorm then round as torch's float32 ops do.
+    # -fopenmp: at::parallel_for is a header template whose `omp parallel` pragma is otherwise ignored (serial).
+    flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp"]
+    if capability in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma", "-mf16c"]
+    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    tag = f"torch{torch.__version__.replace('+', '_')}-{capability.lower()}-{digest}"
+    try:
+        cpp_extension.load(
+            name=f"herd_kernels_{digest}",
+            sources=[str(_SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(_build_dir(tag)),
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as e:  # no compiler, no ninja, a toolchain error: fall back, loudly
+        warnings.warn(
+            f"herd's decode kernels did not build ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "quantized and bfloat16 weights run on slower torch ops",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def linear_dense(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (M, K) float32 @ w (N, K)^T for float32 or bfloat16 w, in float32."""
+    if available():
+        return torch.ops.herd.linear_dense(x, w)
+    return torch.nn.functional.linear(x, w.float())
+
+
+def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    if available():
+        return torch.ops.herd.linear_int8(x, qweight, scales)
+    w = qweight.float() * scales.float().repeat_interleave(GROUP, dim=1)
+    return torch.nn.functional.linear(x, w)
+
+
+def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    if available():
+        return torch.ops.herd.linear_int4(x, qweight, scales, mins)
+    k = qweight.shape[1] * 2
+    w = unpack_int4(qweight, k).float() * scales.float().repeat_interleave(GROUP, dim=1)
+    w += mins.float().repeat_interleave(GROUP, dim=1)
+    return torch.nn.functional.linear(x, w)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    if available():
+        return torch.ops.herd.rms_norm(x.contiguous(), w, eps)
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), w, eps)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[gate | up] along the last dim -> silu(gate) * up (the SwiGLU product)."""
+    if available():
+        return torch.ops.herd.silu_mul(gate_up.contiguous())
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> None:
+    """Rotate, in place, the adjacent pairs of the first `heads` heads of each token of qkv (B, T, C)
+    by the angles whose cos/sin are (B, T, H/2), as herd.model.llama.apply_rope does."""
+    if available():
+        torch.ops.herd.rope_(qkv, cos, sin, heads)
+        return
+    B, T, _ = qkv.shape
+    P = cos.shape[-1]
+    x = qkv[..., : heads * 2 * P].view(B, T, heads, P, 2)
+    x0, x1 = x[..., 0].clone(), x[..., 1].clone()
+    c, s = cos[:, :, None], sin[:, :, None]
+    x[..., 0] = x0 * c - x1 * s
+    x[..., 1] = x0 * s + x1 * c
+
+
+def cache_attend(
+    qkv: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: int,
+    mask: torch.Tensor | None,
+    n_heads: int,
+    n_kv_heads: int,
+) -> torch.Tensor:
+    """Write the new tokens' k, v (from qkv (B, T, (N + 2K) H), RoPE applied) into the caches (B, K, S, H) at
+    slot `pos`, then attend; returns (B, T, N H). mask: bool broadcastable to (B, 1, T, pos + T), or None for
+    causal. For the few queries of a decode step (one call instead of a dozen torch ops)."""
+    B, T, _ = qkv.shape
+    S = pos + T
+    if mask is not None:
+        mask = mask.expand(B, 1, T, S)
+    if available():
+        return torch.ops.herd.cache_attend(qkv, k_cache, v_cache, pos, mask, n_heads, n_kv_heads)
+    K, H = n_kv_heads, k_cache.shape[-1]
+    N = n_heads
+    k_new = qkv[..., N * H : (N + K) * H].reshape(B, T, K, H).transpose(1, 2)
+    v_new = qkv[..., (N + K) * H :].reshape(B, T, K, H).transpose(1, 2)
+    k_cache[:B, :, pos:S] = k_new
+    v_cache[:B, :, pos:S] = v_new
+    q = qkv[..., : N * H].reshape(B, T, N, H).transpose(1, 2)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool).tril(pos)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k_cache[:B, :, :S], v_cache[:B, :, :S], attn_mask=mask, enable_gqa=N != K
+    )
+    return out.transpose(1, 2).reshape(B, T, N * H)

@@ -1,0 +1,509 @@
+// Weight-only linear layers for decoding: y (M, N) = x (M, K) @ W (N, K)^T with small M.
+//
+// At batch 1 a decode step is a chain of matrix-vector products, bound by how fast the weights
+// stream from memory. These kernels read each weight row once, convert it to float32 in registers
+// and multiply it against all M rows of x, so reading fewer bytes (bfloat16, int8, int4) is
+// directly faster. Layouts are those of herd/formats/packed.py: groups of 32 inputs, float16
+// scales (and mins for int4), GGUF's nibble order. x and y are float32.
+//
+// Rows of W are split across torch's intra-op threads. The AVX2+FMA+F16C path is used when the
+// compiler targets it; the portable loops are the reference on other CPUs.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstring>
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define HERD_AVX2 1
+#endif
+
+namespace {
+
+constexpr int64_t kGroup = 32;
+constexpr int64_t kMBlock = 4;  // rows of x sharing one pass over a weight row
+
+inline float half_to_float(uint16_t h) { return static_cast<float>(c10::Half(h, c10::Half::from_bits())); }
+
+#ifdef HERD_AVX2
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Eight float32 weights at a time from each storage type.
+inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+inline __m256 load8(const at::BFloat16* w) {
+  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+}
+
+// Float weights (float32 or bfloat16): one weight row against MB rows of x. MB is a template argument
+// so that the accumulators live in registers; U independent accumulators per row of x hide the FMA
+// latency (one chain would cap a core at 8 weights per 4 cycles).
+template <int MB, typename W>
+void dense_row(const W* w, const float* x, int64_t K, int64_t m0, float* out, int64_t N) {
+  constexpr int U = MB == 1 ? 4 : 2;
+  __m256 acc[MB][U];
+  for (int i = 0; i < MB; ++i)
+    for (int u = 0; u < U; ++u) acc[i][u] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 * U <= K; k += 8 * U) {
+    for (int u = 0; u < U; ++u) {
+      __m256 wv = load8(w + k + 8 * u);
+      for (int i = 0; i < MB; ++i)
+        acc[i][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (m0 + i) * K + k + 8 * u), acc[i][u]);
+    }
+  }
+  for (; k + 8 <= K; k += 8) {
+    __m256 wv = load8(w + k);
+    for (int i = 0; i < MB; ++i) acc[i][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (m0 + i) * K + k), acc[i][0]);
+  }
+  for (int i = 0; i < MB; ++i) {
+    for (int u = 1; u < U; ++u) acc[i][0] = _mm256_add_ps(acc[i][0], acc[i][u]);
+    float s = hsum(acc[i][0]);
+    for (int64_t j = k; j < K; ++j) s += static_cast<float>(w[j]) * x[(m0 + i) * K + j];
+    out[i * N] = s;
+  }
+}
+
+// The int8/int4 kernels take x quantized to int8 in groups of 32 (xq, with one float scale per
+// group, xd), as llama.cpp's Q8_0/Q4 dot products do: integer multiply-adds (maddubs) then handle
+// 32 weights in a few instructions, where converting every weight to float would leave the kernel
+// compute-bound. The rounding of x adds less error than the 4- or 8-bit weights already carry.
+
+// int8 groups: sum_g wd_g * xd_g * dot(q_g, xq_g).
+template <int MB>
+void q8_row(const int8_t* q, const uint16_t* sc, const int8_t* xq, const float* xd, int64_t K, int64_t m0,
+            float* out, int64_t N) {
+  constexpr int64_t mb = MB;
+  const int64_t G = K / kGroup;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[kMBlock];
+  for (int64_t i = 0; i < mb; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + g * kGroup));
+    __m256i aw = _mm256_sign_epi8(w, w);  // |w| as unsigned bytes (-128 -> 128 is still right)
+    const float wd = _cvtsh_ss(sc[g]);
+    for (int64_t i = 0; i < mb; ++i) {
+      __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + g * kGroup));
+      __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w)), ones);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * xd[(m0 + i) * G + g]), acc[i]);
+    }
+  }
+  for (int64_t i = 0; i < mb; ++i) out[i * N] = hsum(acc[i]);
+}
+
+// int4 groups: sum_g wd_g * xd_g * dot(q_g, xq_g) + min_g * sum(x_g); the group sums of x are precomputed.
+template <int MB>
+void q4_row(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const int8_t* xq, const float* xd,
+            const float* xsum, int64_t K, int64_t m0, float* out, int64_t N) {
+  constexpr int64_t mb = MB;
+  const int64_t G = K / kGroup;
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[kMBlock], accm[kMBlock];
+  for (int64_t i = 0; i < mb; ++i) acc[i] = accm[i] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + g * kGroup / 2));
+    // Low nibbles are values 0..15 of the group, high nibbles 16..31: one 32-byte vector in x's order.
+    __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low4), _mm_and_si128(b, low4));
+    const float wd = _cvtsh_ss(sc[g]);
+    for (int64_t i = 0; i < mb; ++i) {
+      __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + g * kGroup));
+      __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * xd[(m0 + i) * G + g]), acc[i]);
+    }
+  }
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + g)));
+    for (int64_t i = 0; i < mb; ++i) accm[i] = _mm256_fmadd_ps(m, _mm256_loadu_ps(xsum + (m0 + i) * G + g), accm[i]);
+  }
+  for (int64_t i = 0; i < mb; ++i) {
+    float s = hsum(_mm256_add_ps(acc[i], accm[i]));
+    for (int64_t j = g; j < G; ++j) s += _cvtsh_ss(mn[j]) * xsum[(m0 + i) * G + j];
+    out[i * N] = s;
+  }
+}
+
+#else  // portable reference loops
+
+template <int MB, typename W>
+void dense_row(const W* w, const float* x, int64_t K, int64_t m0, float* out, int64_t N) {
+  constexpr int64_t mb = MB;
+  for (int64_t i = 0; i < mb; ++i) {
+    float s = 0;
+    for (int64_t k = 0; k < K; ++k) s += static_cast<float>(w[k]) * x[(m0 + i) * K + k];
+    out[i * N] = s;
+  }
+}
+
+template <int MB>
+void q8_row(const int8_t* q, const uint16_t* sc, const int8_t* xq, const float* xd, int64_t K, int64_t m0,
+            float* out, int64_t N) {
+  constexpr int64_t mb = MB;
+  const int64_t G = K / kGroup;
+  for (int64_t i = 0; i < mb; ++i) {
+    float s = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      int32_t d = 0;
+      for (int64_t j = 0; j < kGroup; ++j) d += q[g * kGroup + j] * xq[(m0 + i) * K + g * kGroup + j];
+      s += half_to_float(sc[g]) * xd[(m0 + i) * G + g] * d;
+    }
+    out[i * N] = s;
+  }
+}
+
+template <int MB>
+void q4_row(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const int8_t* xq, const float* xd,
+            const float* xsum, int64_t K, int64_t m0, float* out, int64_t N) {
+  constexpr int64_t mb = MB;
+  const int64_t G = K / kGroup;
+  for (int64_t i = 0; i < mb; ++i) {
+    float s = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      const int8_t* xg = xq + (m0 + i) * K + g * kGroup;
+      int32_t d = 0;
+      for (int64_t j = 0; j < kGroup / 2; ++j) {
+        uint8_t b = q[g * kGroup / 2 + j];
+        d += (b & 0xF) * xg[j] + (b >> 4) * xg[j + kGroup / 2];
+      }
+      s += half_to_float(sc[g]) * xd[(m0 + i) * G + g] * d + half_to_float(mn[g]) * xsum[(m0 + i) * G + g];
+    }
+    out[i * N] = s;
+  }
+}
+#endif
+
+void check_x(const at::Tensor& x, int64_t K, const char* op) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(), op,
+              ": x must be a contiguous float32 CPU matrix");
+  TORCH_CHECK(x.size(1) == K, op, ": x has ", x.size(1), " features, the weight expects ", K);
+}
+
+// Split the N weight rows across threads; each thread walks its rows once per block of x rows.
+// row<MB>(n, m0, out) computes out[m * N] for rows m0..m0+MB of x against weight row n.
+template <typename RowFn>
+at::Tensor run_rows(const at::Tensor& x, int64_t N, int64_t bytes_per_row, RowFn row) {
+  const int64_t M = x.size(0);
+  at::Tensor out = at::empty({M, N}, x.options());
+  float* o = out.data_ptr<float>();
+  // Enough rows per task that a thread streams at least ~64 KB of weights.
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(1, bytes_per_row));
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    for (int64_t m0 = 0; m0 < M; m0 += kMBlock) {
+      float* om = o + m0 * N;
+      switch (std::min(kMBlock, M - m0)) {
+        case 1: for (int64_t n = n0; n < n1; ++n) row(std::integral_constant<int, 1>{}, n, m0, om + n); break;
+        case 2: for (int64_t n = n0; n < n1; ++n) row(std::integral_constant<int, 2>{}, n, m0, om + n); break;
+        case 3: for (int64_t n = n0; n < n1; ++n) row(std::integral_constant<int, 3>{}, n, m0, om + n); break;
+        default: for (int64_t n = n0; n < n1; ++n) row(std::integral_constant<int, 4>{}, n, m0, om + n);
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor linear_dense(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "herd::linear_dense: weight must be a contiguous matrix");
+  const int64_t N = w.size(0), K = w.size(1);
+  check_x(x, K, "herd::linear_dense");
+  const float* xp = x.data_ptr<float>();
+  if (w.scalar_type() == at::kFloat) {
+    const float* wp = w.data_ptr<float>();
+    return run_rows(x, N, K * 4, [&](auto mb, int64_t n, int64_t m0, float* o) {
+      dense_row<decltype(mb)::value>(wp + n * K, xp, K, m0, o, N);
+    });
+  }
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16, "herd::linear_dense: weight must be float32 or bfloat16");
+  const at::BFloat16* wp = w.data_ptr<at::BFloat16>();
+  return run_rows(x, N, K * 2, [&](auto mb, int64_t n, int64_t m0, float* o) {
+    dense_row<decltype(mb)::value>(wp + n * K, xp, K, m0, o, N);
+  });
+}
+
+void check_groups(const at::Tensor& t, int64_t N, int64_t G, const char* what) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == N && t.size(1) == G && t.scalar_type() == at::kHalf && t.is_contiguous(),
+              what, " must be contiguous float16 of shape (", N, ", ", G, ")");
+}
+
+// x (M, K) float32 -> int8 values (M, K), per-group scales d (M, K/32) with x ~ d * xq, d = max|x| / 127,
+// and the group sums of the rounded x, d * sum(xq) (M, K/32), which the int4 min term needs.
+struct QuantizedX {
+  at::Tensor xq, xd, xsum;
+};
+
+QuantizedX quantize_x(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1), G = K / kGroup;
+  QuantizedX r{at::empty({M, K}, x.options().dtype(at::kChar)), at::empty({M, G}, x.options()),
+               at::empty({M, G}, x.options())};
+  const float* xp = x.data_ptr<float>();
+  int8_t* q = r.xq.data_ptr<int8_t>();
+  float* d = r.xd.data_ptr<float>();
+  float* sum = r.xsum.data_ptr<float>();
+  for (int64_t g = 0; g < M * G; ++g) {
+    const float* v = xp + g * kGroup;
+    float amax = 0;
+    for (int64_t j = 0; j < kGroup; ++j) amax = std::max(amax, std::fabs(v[j]));
+    const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+    int32_t total = 0;
+    for (int64_t j = 0; j < kGroup; ++j) {
+      const int32_t r8 = static_cast<int32_t>(std::nearbyint(v[j] * inv));
+      q[g * kGroup + j] = static_cast<int8_t>(std::clamp(r8, -127, 127));
+      total += q[g * kGroup + j];
+    }
+    d[g] = scale;
+    sum[g] = scale * static_cast<float>(total);
+  }
+  return r;
+}
+
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous(), "herd::linear_int8: bad qweight");
+  const int64_t N = q.size(0), K = q.size(1);
+  TORCH_CHECK(K % kGroup == 0, "herd::linear_int8: K=", K, " is not a multiple of ", kGroup);
+  check_x(x, K, "herd::linear_int8");
+  const int64_t G = K / kGroup;
+  check_groups(scales, N, G, "herd::linear_int8: scales");
+  const QuantizedX qx = quantize_x(x);
+  const int8_t* xqp = qx.xq.data_ptr<int8_t>();
+  const float* xdp = qx.xd.data_ptr<float>();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
+  return run_rows(x, N, K + 2 * G, [&](auto mb, int64_t n, int64_t m0, float* o) {
+    q8_row<decltype(mb)::value>(qp + n * K, sp + n * G, xqp, xdp, K, m0, o, N);
+  });
+}
+
+at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins) {
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kByte && q.is_contiguous(), "herd::linear_int4: bad qweight");
+  const int64_t N = q.size(0), K = q.size(1) * 2;
+  TORCH_CHECK(K % kGroup == 0, "herd::linear_int4: K=", K, " is not a multiple of ", kGroup);
+  check_x(x, K, "herd::linear_int4");
+  const int64_t G = K / kGroup;
+  check_groups(scales, N, G, "herd::linear_int4: scales");
+  check_groups(mins, N, G, "herd::linear_int4: mins");
+  // The min term uses the group sums of the rounded x, the activations the dot products see.
+  const QuantizedX qx = quantize_x(x);
+  const int8_t* xqp = qx.xq.data_ptr<int8_t>();
+  const float* xdp = qx.xd.data_ptr<float>();
+  const float* xs = qx.xsum.data_ptr<float>();
+  const uint8_t* qp = q.data_ptr<uint8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
+  const uint16_t* mp = reinterpret_cast<const uint16_t*>(mins.data_ptr<at::Half>());
+  return run_rows(x, N, K / 2 + 4 * G, [&](auto mb, int64_t n, int64_t m0, float* o) {
+    q4_row<decltype(mb)::value>(qp + n * K / 2, sp + n * G, mp + n * G, xqp, xdp, xs, K, m0, o, N);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The small elementwise steps of a decode step, one call each instead of five to ten torch ops:
+// at batch 1 their dispatch overhead, not their arithmetic, is what they cost.
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && w.scalar_type() == at::kFloat &&
+                  w.is_contiguous() && x.size(-1) == w.numel(),
+              "herd::rms_norm: x and w must be contiguous float32 with x.size(-1) == w.numel()");
+  const int64_t D = w.numel(), rows = x.numel() / D;
+  at::Tensor out = at::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* v = xp + r * D;
+    float ss = 0;
+    for (int64_t j = 0; j < D; ++j) ss += v[j] * v[j];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(D) + static_cast<float>(eps));
+    for (int64_t j = 0; j < D; ++j) o[r * D + j] = v[j] * inv * wp[j];
+  }
+  return out;
+}
+
+// (..., 2F) = [gate | up] -> (..., F) = silu(gate) * up
+at::Tensor silu_mul(const at::Tensor& gu) {
+  TORCH_CHECK(gu.scalar_type() == at::kFloat && gu.is_contiguous() && gu.size(-1) % 2 == 0,
+              "herd::silu_mul: expects contiguous float32 with an even last dim");
+  const int64_t F = gu.size(-1) / 2, rows = gu.numel() / (2 * F);
+  std::vector<int64_t> shape(gu.sizes().begin(), gu.sizes().end());
+  shape.back() = F;
+  at::Tensor out = at::empty(shape, gu.options());
+  const float* p = gu.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < F; ++j) {
+      const float g = p[r * 2 * F + j];
+      o[r * F + j] = g / (1.0f + std::exp(-g)) * p[r * 2 * F + F + j];
+    }
+  return out;
+}
+
+// In place on the first `heads` heads of each token of qkv (B, T, C): rotate adjacent pairs
+// (x[2i], x[2i+1]) by the angle whose cos/sin are given per token, (B, T, H/2).
+void rope_(at::Tensor qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t heads) {
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.is_contiguous() && qkv.dim() == 3,
+              "herd::rope_: qkv must be contiguous float32 (B, T, C)");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.sizes() == sin.sizes() && cos.dim() == 3 &&
+                  cos.size(0) == qkv.size(0) && cos.size(1) == qkv.size(1),
+              "herd::rope_: cos and sin must be contiguous (B, T, H/2)");
+  const int64_t tokens = qkv.size(0) * qkv.size(1), C = qkv.size(2), P = cos.size(2);
+  TORCH_CHECK(heads * 2 * P <= C, "herd::rope_: ", heads, " heads of ", 2 * P, " do not fit in ", C, " features");
+  float* x = qkv.data_ptr<float>();
+  const float *c = cos.data_ptr<float>(), *s = sin.data_ptr<float>();
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + t * C + h * 2 * P;
+      for (int64_t i = 0; i < P; ++i) {
+        const float x0 = v[2 * i], x1 = v[2 * i + 1], ci = c[t * P + i], si = s[t * P + i];
+        v[2 * i] = x0 * ci - x1 * si;
+        v[2 * i + 1] = x0 * si + x1 * ci;
+      }
+    }
+}
+
+// One decode step's attention, cache write included: k and v of the T new tokens (from qkv, after RoPE)
+// go to slots pos..pos+T of the caches (B, K, S_max, H), then each query head attends to slots 0..pos+T.
+// mask: bool, already expanded (strides may be 0) to (B, 1, T, pos+T), or undefined for causal over the
+// new tokens. Query head n reads kv head n / (N / K). Returns (B, T, N * H), the layout wo takes.
+at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_cache, int64_t pos,
+                        const c10::optional<at::Tensor>& mask, int64_t n_heads, int64_t n_kv_heads) {
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.is_contiguous() && qkv.dim() == 3,
+              "herd::cache_attend: qkv must be contiguous float32 (B, T, C)");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.scalar_type() == at::kFloat &&
+                  k_cache.sizes() == v_cache.sizes() && k_cache.dim() == 4,
+              "herd::cache_attend: caches must be contiguous float32 (B, K, S, H)");
+  const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2);
+  const int64_t N = n_heads, K = n_kv_heads, H = k_cache.size(3), Smax = k_cache.size(2), S = pos + T;
+  TORCH_CHECK(C == (N + 2 * K) * H && k_cache.size(1) == K, "herd::cache_attend: qkv has ", C,
+              " features, expected (", N, " + 2 * ", K, ") * ", H);
+  TORCH_CHECK(k_cache.size(0) >= B && S <= Smax, "KV cache holds batch ", k_cache.size(0), " x ", Smax,
+              " tokens; got ", B, " x ", S);
+  const bool has_mask = mask.has_value() && mask->defined();
+  if (has_mask)
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(0) == B && mask->size(2) == T &&
+                    mask->size(3) == S,
+                "herd::cache_attend: mask must be bool (B, 1, T, S) after expanding");
+  const float* x = qkv.data_ptr<float>();
+  float* kc = k_cache.data_ptr<float>();
+  float* vc = v_cache.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < K; ++h) {
+        const float* src = x + (b * T + t) * C + (N + h) * H;
+        std::memcpy(kc + ((b * K + h) * Smax + pos + t) * H, src, H * sizeof(float));
+        std::memcpy(vc + ((b * K + h) * Smax + pos + t) * H, src + K * H, H * sizeof(float));
+      }
+  at::Tensor out = at::empty({B, T, N * H}, qkv.options());
+  float* o = out.data_ptr<float>();
+  const bool* mp = has_mask ? mask->data_ptr<bool>() : nullptr;
+  const auto ms = has_mask ? mask->strides() : at::IntArrayRef();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(H));
+  const int64_t G = N / K;
+  auto work = [&](int64_t i0, int64_t i1) {
+    std::vector<float> p(S);
+    for (int64_t i = i0; i < i1; ++i) {  // i = (b, n, t)
+      const int64_t b = i / (N * T), n = (i / T) % N, t = i % T;
+      const float* q = x + (b * T + t) * C + n * H;
+      const float* kb = kc + (b * K + n / G) * Smax * H;
+      const float* vb = vc + (b * K + n / G) * Smax * H;
+      float best = -INFINITY;
+      for (int64_t j = 0; j < S; ++j) {
+        const bool ok = has_mask ? mp[b * ms[0] + t * ms[2] + j * ms[3]] : j <= pos + t;
+        if (!ok) {
+          p[j] = -INFINITY;
+          continue;
+        }
+        float d = 0;
+        for (int64_t e = 0; e < H; ++e) d += q[e] * kb[j * H + e];
+        p[j] = d * scale;
+        best = std::max(best, p[j]);
+      }
+      float* y = o + (b * T + t) * N * H + n * H;
+      std::fill(y, y + H, 0.0f);
+      float total = 0;
+      for (int64_t j = 0; j < S; ++j) {
+        if (p[j] == -INFINITY) continue;
+        const float w = std::exp(p[j] - best);
+        total += w;
+        for (int64_t e = 0; e < H; ++e) y[e] += w * vb[j * H + e];
+      }
+      const float inv = total > 0 ? 1.0f / total : 0.0f;
+      for (int64_t e = 0; e < H; ++e) y[e] *= inv;
+    }
+  };
+  const int64_t rows = B * N * T;
+  // Threads only when there is enough work to pay for waking them.
+  if (rows * S * H >= (1 << 20))
+    at::parallel_for(0, rows, 1, work);
+  else
+    work(0, rows);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A whole transformer block for a decode step in one call. Each weight comes as its tensors: [w] (float32 or
+// bfloat16), [qweight, scales] (int8) or [qweight, scales, mins] (int4). At batch 1 the Python and dispatch
+// cost of the dozen calls above is comparable to the block's arithmetic; one call removes it.
+
+at::Tensor linear_any(const at::Tensor& x, const std::vector<at::Tensor>& w) {
+  const int64_t K = x.size(-1);
+  at::Tensor x2 = x.reshape({-1, K});
+  at::Tensor y;
+  if (w.size() == 1)
+    y = linear_dense(x2, w[0]);
+  else if (w.size() == 2)
+    y = linear_int8(x2, w[0], w[1]);
+  else
+    y = linear_int4(x2, w[0], w[1], w[2]);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = y.size(1);
+  return y.view(shape);
+}
+
+at::Tensor decode_block(const at::Tensor& h, const at::Tensor& attention_norm, const at::Tensor& ffn_norm, double eps,
+                        std::vector<at::Tensor> wqkv, std::vector<at::Tensor> wo, std::vector<at::Tensor> w13,
+                        std::vector<at::Tensor> w2, const at::Tensor& cos, const at::Tensor& sin, at::Tensor k_cache,
+                        at::Tensor v_cache, int64_t pos, const c10::optional<at::Tensor>& mask, int64_t n_heads,
+                        int64_t n_kv_heads) {
+  at::Tensor qkv = linear_any(rms_norm(h, attention_norm, eps), wqkv);
+  rope_(qkv, cos, sin, n_heads + n_kv_heads);
+  at::Tensor attn = cache_attend(qkv, k_cache, v_cache, pos, mask, n_heads, n_kv_heads);
+  at::Tensor h2 = h + linear_any(attn, wo);
+  return h2 + linear_any(silu_mul(linear_any(rms_norm(h2, ffn_norm, eps), w13)), w2);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(herd, m) {
+  m.def("linear_dense(Tensor x, Tensor w) -> Tensor");
+  m.def("linear_int8(Tensor x, Tensor qweight, Tensor scales) -> Tensor");
+  m.def("linear_int4(Tensor x, Tensor qweight, Tensor scales, Tensor mins) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
+  m.def("silu_mul(Tensor gu) -> Tensor");
+  m.def("rope_(Tensor(a!) qkv, Tensor cos, Tensor sin, int heads) -> ()");
+  m.def(
+      "decode_block(Tensor h, Tensor attention_norm, Tensor ffn_norm, float eps, Tensor[] wqkv, Tensor[] wo, "
+      "Tensor[] w13, Tensor[] w2, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, "
+      "Tensor? mask, int n_heads, int n_kv_heads) -> Tensor");
+  m.def("cache_attend(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? mask, int n_heads, int n_kv_heads) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(herd, CPU, m) {
+  m.impl("linear_dense", &linear_dense);
+  m.impl("linear_int8", &linear_int8);
+  m.impl("linear_int4", &linear_int4);
+  m.impl("rms_norm", &rms_norm);
+  m.impl("silu_mul", &silu_mul);
+  m.impl("rope_", &rope_);
+  m.impl("cache_attend", &cache_attend);
+  m.impl("decode_block", &decode_block);
+}

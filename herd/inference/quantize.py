@@ -1,0 +1,136 @@
+"""Inference weights: float32, bfloat16 or weight-only int8/int4, and the linear layer that runs them.
+
+`prepare_weight` turns one checkpoint tensor into what the decode model keeps: a float tensor in
+the requested dtype, or a `PackedWeight` (herd/formats/packed.py). Blocks a GGUF file already
+stores in a layout herd runs (Q8_0, Q4_0, Q4_1, Q4_K) are kept as they are; float weights are
+quantized round-to-nearest in groups of 32. A matrix whose input size is not a multiple of 32
+cannot be grouped: it stays in float, and a warning names it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from herd.errors import InferenceError
+from herd.formats.packed import PackedWeight, can_pack, quantize
+from herd.inference import kernels
+
+log = logging.getLogger(__name__)
+
+QUANTS = ("none", "int8", "int4")
+INFERENCE_DTYPES = (torch.float32, torch.bfloat16)
+
+# Up to this many input rows a linear runs on the streaming kernels (weights read once, converted in
+# registers); above it the weights are converted to float32 in row chunks and multiplied by torch's GEMM,
+# which is faster for prefill. Set from benchmarks/generate.py runs on 2-core x86 machines.
+KERNEL_MAX_ROWS = 16
+_CHUNK_ELEMENTS = 4 * 2**20  # float32 elements converted at a time above KERNEL_MAX_ROWS (16 MB)
+
+
+def check_quant(quant: str, dtype: torch.dtype) -> None:
+    if quant not in QUANTS:
+        raise InferenceError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANTS)}")
+    if dtype not in INFERENCE_DTYPES:
+        raise InferenceError(f"inference dtype {dtype} is not supported; use float32 or bfloat16")
+
+
+def prepare_weight(
+    name: str, weight: torch.Tensor | PackedWeight, dtype: torch.dtype, quant: str
+) -> torch.Tensor | PackedWeight:
+    """One 2-D weight as the decode model keeps it (see the module docstring)."""
+    if isinstance(weight, PackedWeight):
+        # Keep stored blocks at their own precision when it is at least the requested one.
+        if quant == "int4" or (quant == "int8" and weight.kind == "int8"):
+            return weight
+        weight = weight.dequantize(torch.float32)
+    if quant == "none":
+        return weight.to(dtype).contiguous()
+    if not can_pack(tuple(weight.shape)):
+        log.warning(
+            "%s: shape %s has %d inputs, not a multiple of 32, so it cannot be quantized to %s; kept in %s",
+            name,
+            list(weight.shape),
+            weight.shape[-1],
+            quant,
+            str(dtype).removeprefix("torch."),
+        )
+        return weight.to(dtype).contiguous()
+    return quantize(weight, quant)
+
+
+def concat_rows(parts: list[torch.Tensor | PackedWeight]) -> torch.Tensor | PackedWeight:
+    """Stack matrices along the output dim (fused QKV, fused gate/up); all parts in one format."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        if not all(isinstance(p, torch.Tensor) and p.dtype == first.dtype for p in parts):
+            return torch.cat([_as_float(p) for p in parts])
+        return torch.cat(parts)  # type: ignore[arg-type]
+    packed = [p for p in parts if isinstance(p, PackedWeight)]
+    if len(packed) != len(parts) or any(p.kind != first.kind for p in packed):
+        # Mixed storage (a fallback, or GGUF files that mix Q8_0 and Q4 in one layer): requantize to one kind.
+        kind = "int8" if any(p.kind == "int8" for p in packed) else "int4"
+        packed = [p if isinstance(p, PackedWeight) and p.kind == kind else quantize(_as_float(p), kind) for p in parts]
+    return PackedWeight(
+        packed[0].kind,
+        (sum(p.shape[0] for p in packed), packed[0].shape[1]),
+        torch.cat([p.qweight for p in packed]),
+        torch.cat([p.scales for p in packed]),
+        None if packed[0].mins is None else torch.cat([p.mins for p in packed]),  # type: ignore[misc]
+    )
+
+
+def _as_float(w: torch.Tensor | PackedWeight) -> torch.Tensor:
+    return w.dequantize(torch.float32) if isinstance(w, PackedWeight) else w.float()
+
+
+class InferenceLinear(nn.Module):
+    """y = x @ W^T in float32 for a float32, bfloat16 or packed W (no bias: Llama has none)."""
+
+    def __init__(self, weight: torch.Tensor | PackedWeight) -> None:
+        super().__init__()
+        self.packed = weight if isinstance(weight, PackedWeight) else None
+        self.weight = None if isinstance(weight, PackedWeight) else weight
+        self.out_features, self.in_features = weight.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes if self.packed is not None else self.weight.nbytes  # type: ignore[union-attr]
+
+    def tensors(self) -> list[torch.Tensor]:
+        """[w], [qweight, scales] or [qweight, scales, mins]: how herd's decode_block kernel takes a weight."""
+        p = self.packed
+        if p is None:
+            return [self.weight]  # type: ignore[list-item]
+        return [p.qweight, p.scales] if p.mins is None else [p.qweight, p.scales, p.mins]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float().contiguous()
+        if x2.shape[0] <= KERNEL_MAX_ROWS:
+            y = self._kernel(x2)
+        elif self.weight is not None and self.weight.dtype == torch.float32:
+            y = torch.nn.functional.linear(x2, self.weight)
+        else:
+            y = self._chunked(x2)
+        return y.view(*lead, self.out_features)
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.packed
+        if p is None:
+            return kernels.linear_dense(x, self.weight)  # type: ignore[arg-type]
+        if p.kind == "int8":
+            return kernels.linear_int8(x, p.qweight, p.scales)
+        return kernels.linear_int4(x, p.qweight, p.scales, p.mins)  # type: ignore[arg-type]
+
+    def _chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """Convert a block of weight rows to float32 at a time, so the full float matrix never exists."""
+        rows = max(1, _CHUNK_ELEMENTS // self.in_features)
+        out = []
+        for n0 in range(0, self.out_features, rows):
+            n1 = min(n0 + rows, self.out_features)
+            w = self.packed.rows(torch.arange(n0, n1)) if self.packed is not None else self.weight[n0:n1].float()  # type: ignore[index]
+            out.append(torch.nn.functional.linear(x, w))
+        return torch.cat(out, dim=-1)

@@ -1,0 +1,121 @@
+"""herd's decode kernels against plain torch references: the weight formats, the activation rounding of the
+int8/int4 dot products, the small elementwise ops, and the torch fallback used where the build fails."""
+
+import pytest
+import torch
+
+from herd.errors import CheckpointError
+from herd.formats.packed import GROUP, PackedWeight, pack_int4, quantize, unpack_int4
+from herd.inference import kernels
+from herd.inference.quantize import KERNEL_MAX_ROWS, InferenceLinear
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built() -> None:
+    assert kernels.available(), "the C++ kernels must build on the test machines (gcc + ninja)"
+
+
+def _reference_int(x: torch.Tensor, p: PackedWeight) -> torch.Tensor:
+    """What the int8/int4 kernels compute: x rounded to int8 per group of 32 (scale max|x| / 127), exact
+    integer dot products with the weight values, then the float16 scales (and mins)."""
+    M, K = x.shape
+    g = x.view(M, K // GROUP, GROUP)
+    d = g.abs().amax(-1) / 127
+    xq = torch.where(d[..., None] > 0, g * (127 / g.abs().amax(-1, keepdim=True)), 0).round().clamp(-127, 127)
+    xq = xq.double()
+    if p.kind == "int8":
+        q = p.qweight.double().view(p.shape[0], K // GROUP, GROUP)
+    else:
+        q = unpack_int4(p.qweight, K).double().view(p.shape[0], K // GROUP, GROUP)
+    dots = torch.einsum("mgj,ngj->mng", xq, q)
+    y = (dots * d.double()[:, None] * p.scales.double()[None]).sum(-1)
+    if p.mins is not None:
+        y += (xq.sum(-1) * d.double())[:, None, :].mul(p.mins.double()[None]).sum(-1)
+    return y.float()
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 9])
+def test_int_kernels_equal_the_exact_integer_reference(kind, M) -> None:
+    w = torch.randn(200, 96)  # N not a multiple of any thread split, K = 3 groups
+    p = quantize(w, kind)
+    x = torch.randn(M, 96) * 3
+    y = (
+        kernels.linear_int8(x, p.qweight, p.scales)
+        if kind == "int8"
+        else kernels.linear_int4(x, p.qweight, p.scales, p.mins)
+    )
+    ref = _reference_int(x, p)
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-4), (y - ref).abs().max()
+    # ... and the rounding of x moves the result by about as much as int8 weights do, not more.
+    exact = x @ p.dequantize().T
+    assert ((y - exact).norm() / exact.norm()) < 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M,K", [(1, 576), (3, 40), (4, 37), (7, 96)])
+def test_dense_kernel_equals_matmul(dtype, M, K) -> None:
+    w = torch.randn(130, K).to(dtype)
+    x = torch.randn(M, K)
+    ref = x.double() @ w.double().T
+    assert torch.allclose(kernels.linear_dense(x, w).double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_round_trips_within_half_a_step_and_packs_nibbles_in_gguf_order() -> None:
+    w = torch.randn(8, 64)
+    for kind, steps in (("int8", 127), ("int4", 7.5)):
+        p = quantize(w, kind)
+        err = (p.dequantize() - w).abs().view(8, 2, GROUP).amax(-1)
+        span = w.view(8, 2, GROUP).abs().amax(-1)
+        assert (err <= span / steps * 0.51 + 1e-3).all()
+    q = torch.arange(32).remainder(16).repeat(2, 2)  # (2, 64)
+    packed = pack_int4(q)
+    assert packed[0, 0] == (0 | (0 << 4)) and packed[0, 1] == (1 | (1 << 4))  # value j low, value j + 16 high
+    assert torch.equal(unpack_int4(packed, 64), q.to(torch.uint8))
+
+
+def test_packed_weight_rejects_bad_shapes_with_the_shape_in_the_message() -> None:
+    with pytest.raises(CheckpointError, match=r"40 inputs is not a multiple of 32"):
+        PackedWeight("int8", (4, 40), torch.zeros(4, 40, dtype=torch.int8), torch.zeros(4, 1, dtype=torch.float16))
+    with pytest.raises(CheckpointError, match=r"qweight is torch.int8 \[4, 32\], expected torch.uint8 \[4, 16\]"):
+        PackedWeight("int4", (4, 32), torch.zeros(4, 32, dtype=torch.int8), torch.zeros(4, 1, dtype=torch.float16))
+
+
+def test_elementwise_kernels_equal_torch() -> None:
+    x, w = torch.randn(2, 3, 64), torch.randn(64)
+    assert torch.allclose(kernels.rms_norm(x, w, 1e-5), torch.nn.functional.rms_norm(x, (64,), w, 1e-5), atol=1e-6)
+    gu = torch.randn(2, 3, 40)
+    ref = torch.nn.functional.silu(gu[..., :20]) * gu[..., 20:]
+    assert torch.allclose(kernels.silu_mul(gu), ref, atol=1e-6)
+    qkv, angles = torch.randn(2, 3, 5 * 8), torch.randn(2, 3, 4)
+    rotated = qkv.clone()
+    kernels.rope_(rotated, angles.cos(), angles.sin(), 4)
+    pairs = torch.view_as_complex(qkv[..., :32].reshape(2, 3, 4, 4, 2))
+    ref = torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)[:, :, None]).reshape(2, 3, 32)
+    assert torch.allclose(rotated[..., :32], ref, atol=1e-6)
+    assert torch.equal(rotated[..., 32:], qkv[..., 32:])  # the v head is left alone
+
+
+def test_torch_fallback_computes_the_same_products(monkeypatch) -> None:
+    w = torch.randn(64, 64)
+    x = torch.randn(2, 64)
+    compiled = {k: InferenceLinear(quantize(w, k) if k != "none" else w)(x) for k in ("none", "int8", "int4")}
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    for kind, y in compiled.items():
+        lin = InferenceLinear(quantize(w, kind) if kind != "none" else w)
+        # The fallback multiplies by the dequantized weights without rounding x.
+        assert torch.allclose(lin(x), y, rtol=0.03, atol=0.05 * y.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["none-bf16", "int8", "int4"])
+def test_large_batches_take_the_chunked_gemm_path_and_agree_with_the_kernel(kind, monkeypatch) -> None:
+    w = torch.randn(300, 64)
+    weight = w.bfloat16() if kind == "none-bf16" else quantize(w, kind)
+    lin = InferenceLinear(weight)
+    x = torch.randn(KERNEL_MAX_ROWS + 5, 64)
+    monkeypatch.setattr("herd.inference.quantize._CHUNK_ELEMENTS", 64 * 70)  # several row chunks
+    big = lin(x)
+    exact = x @ (weight.float() if isinstance(weight, torch.Tensor) else weight.dequantize()).T
+    assert torch.allclose(big, exact, rtol=1e-4, atol=1e-4)
+    small = torch.cat([lin(x[i : i + 1]) for i in range(x.shape[0])])
+    assert ((small - big).norm() / big.norm()) < 0.02
