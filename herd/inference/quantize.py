@@ -25,8 +25,9 @@ INFERENCE_DTYPES = (torch.float32, torch.bfloat16)
 
 # Up to this many input rows a linear runs on the streaming kernels (weights read once, converted in
 # registers); above it the weights are converted to float32 in row chunks and multiplied by torch's GEMM,
-# which is faster for prefill. Set from benchmarks/generate.py runs on 2-core x86 machines.
-KERNEL_MAX_ROWS = 16
+# which is faster for prefill. 64 is about where the two paths cross on a 2-core AVX2 machine (timed on
+# 3072 x 576 int4, int8 and bfloat16 matrices).
+KERNEL_MAX_ROWS = 64
 _CHUNK_ELEMENTS = 4 * 2**20  # float32 elements converted at a time above KERNEL_MAX_ROWS (16 MB)
 
 
@@ -131,6 +132,9 @@ class InferenceLinear(nn.Module):
         out = []
         for n0 in range(0, self.out_features, rows):
             n1 = min(n0 + rows, self.out_features)
-            w = self.packed.rows(torch.arange(n0, n1)) if self.packed is not None else self.weight[n0:n1].float()  # type: ignore[index]
+            if (p := self.packed) is not None:
+                w = kernels.dequantize_rows(p.qweight, p.scales, p.mins, n0, n1)
+            else:
+                w = self.weight[n0:n1].float()  # type: ignore[index]
             out.append(torch.nn.functional.linear(x, w))
         return torch.cat(out, dim=-1)

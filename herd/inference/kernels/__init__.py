@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from herd.formats.packed import GROUP, unpack_int4
+from herd.formats.packed import GROUP, PackedWeight, unpack_int4
 
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("linear.cpp")
@@ -149,3 +149,15 @@ def cache_attend(
         q, k_cache[:B, :, :S], v_cache[:B, :, :S], attn_mask=mask, enable_gqa=N != K
     )
     return out.transpose(1, 2).reshape(B, T, N * H)
+
+
+def dequantize_rows(
+    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, n0: int, n1: int
+) -> torch.Tensor:
+    """Rows n0..n1 of a packed int8 (mins None) or int4 weight as float32."""
+    if available():
+        return torch.ops.herd.dequantize_rows(qweight, scales, mins, n0, n1)
+    kind = "int8" if mins is None else "int4"
+    k = qweight.shape[1] * (1 if mins is None else 2)
+    part = PackedWeight(kind, (n1 - n0, k), qweight[n0:n1], scales[n0:n1], None if mins is None else mins[n0:n1])
+    return part.dequantize(torch.float32)

@@ -481,6 +481,41 @@ at::Tensor decode_block(const at::Tensor& h, const at::Tensor& attention_norm, c
   return h2 + linear_any(silu_mul(linear_any(rms_norm(h2, ffn_norm, eps), w13)), w2);
 }
 
+// Rows n0..n1 of a packed weight as float32 (n1 - n0, K): the large-batch and prefill path converts a block of rows
+// at a time and hands it to torch's GEMM. int8 when mins is undefined, int4 otherwise.
+at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& scales, const c10::optional<at::Tensor>& mins,
+                           int64_t n0, int64_t n1) {
+  const bool int4 = mins.has_value() && mins->defined();
+  const int64_t N = q.size(0), K = int4 ? q.size(1) * 2 : q.size(1), G = K / kGroup;
+  TORCH_CHECK(0 <= n0 && n0 <= n1 && n1 <= N, "herd::dequantize_rows: rows ", n0, "..", n1, " of ", N);
+  check_groups(scales, N, G, "herd::dequantize_rows: scales");
+  if (int4) check_groups(*mins, N, G, "herd::dequantize_rows: mins");
+  at::Tensor out = at::empty({n1 - n0, K}, scales.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
+  const uint16_t* mp = int4 ? reinterpret_cast<const uint16_t*>(mins->data_ptr<at::Half>()) : nullptr;
+  at::parallel_for(n0, n1, 16, [&](int64_t a, int64_t b) {
+    for (int64_t n = a; n < b; ++n) {
+      float* row = o + (n - n0) * K;
+      for (int64_t g = 0; g < G; ++g) {
+        const float d = half_to_float(sp[n * G + g]);
+        if (int4) {
+          const float m = half_to_float(mp[n * G + g]);
+          const uint8_t* b8 = q.data_ptr<uint8_t>() + n * K / 2 + g * kGroup / 2;
+          for (int64_t j = 0; j < kGroup / 2; ++j) {
+            row[g * kGroup + j] = (b8[j] & 0xF) * d + m;
+            row[g * kGroup + kGroup / 2 + j] = (b8[j] >> 4) * d + m;
+          }
+        } else {
+          const int8_t* b8 = q.data_ptr<int8_t>() + n * K + g * kGroup;
+          for (int64_t j = 0; j < kGroup; ++j) row[g * kGroup + j] = b8[j] * d;
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(herd, m) {
@@ -494,6 +529,7 @@ TORCH_LIBRARY(herd, m) {
       "decode_block(Tensor h, Tensor attention_norm, Tensor ffn_norm, float eps, Tensor[] wqkv, Tensor[] wo, "
       "Tensor[] w13, Tensor[] w2, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, "
       "Tensor? mask, int n_heads, int n_kv_heads) -> Tensor");
+  m.def("dequantize_rows(Tensor qweight, Tensor scales, Tensor? mins, int n0, int n1) -> Tensor");
   m.def("cache_attend(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? mask, int n_heads, int n_kv_heads) -> Tensor");
 }
 
@@ -506,4 +542,5 @@ TORCH_LIBRARY_IMPL(herd, CPU, m) {
   m.impl("rope_", &rope_);
   m.impl("cache_attend", &cache_attend);
   m.impl("decode_block", &decode_block);
+  m.impl("dequantize_rows", &dequantize_rows);
 }
