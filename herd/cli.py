@@ -27,6 +27,15 @@ def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--dtype", default="float32", help="weights: float32 (default) or bfloat16")
     p.add_argument("--quant", default="none", help="weight-only quantization: none (default), int8 or int4")
+    p.add_argument(
+        "--speculate",
+        choices=["none", "prompt-lookup", "draft"],
+        default="none",
+        help="speculative decoding: draft tokens from n-grams of the context or from --draft-model; "
+        "greedy output is unchanged, sampling keeps the model's distribution",
+    )
+    p.add_argument("--draft-model", default=None, help="with --speculate draft: a smaller model, same vocabulary")
+    p.add_argument("--num-draft-tokens", type=int, default=4, help="tokens drafted per verification (default 4)")
 
 
 def _sampling_params(a: argparse.Namespace, **extra):
@@ -51,12 +60,36 @@ def _load(a: argparse.Namespace):
     return load_decoder(a.model, dtype=parse_dtype(a.dtype), quant=a.quant)
 
 
+def _engine(a: argparse.Namespace, loaded):
+    """The Engine for generate/chat, with the speculative decoding the flags ask for."""
+    from herd.errors import HerdError
+    from herd.formats.load import parse_dtype
+    from herd.inference.engine import Engine
+    from herd.inference.load import load_decoder
+    from herd.inference.speculative import SpeculativeConfig
+
+    if a.speculate == "none":
+        if a.draft_model:
+            raise HerdError("--draft-model needs --speculate draft")
+        return Engine(loaded.model, loaded.tokenizer)
+    draft = None
+    if a.speculate == "draft":
+        if not a.draft_model:
+            raise HerdError("--speculate draft needs --draft-model (a smaller model with the same vocabulary)")
+        draft = load_decoder(a.draft_model, dtype=parse_dtype(a.dtype), quant=a.quant).model
+    config = SpeculativeConfig(
+        method="draft" if a.speculate == "draft" else "prompt_lookup",
+        num_draft_tokens=a.num_draft_tokens,
+        draft_model=draft,
+    )
+    return Engine(loaded.model, loaded.tokenizer, speculative=config)
+
+
 # ---------------------------------------------------------------------------------------------
 # generate / chat
 
 
 def cmd_generate(a: argparse.Namespace) -> None:
-    from herd.inference.engine import Engine
     from herd.inference.stats import StreamStats, completion_json
 
     loaded = _load(a)
@@ -66,7 +99,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
     else:
         prompt = tok.encode(a.prompt, bos=tok.add_bos)
     params = _sampling_params(a, logprobs=a.json)
-    engine = Engine(loaded.model, tok)
+    engine = _engine(a, loaded)
     if a.json:
         print(completion_json(engine.generate([prompt], params)[0]))
         return
@@ -76,14 +109,18 @@ def cmd_generate(a: argparse.Namespace) -> None:
         print(event.text, end="", flush=True)
     print()
     print(stats.line(len(prompt)), file=sys.stderr)
+    if engine.speculative is not None and (s := engine.last_stats).drafted:
+        print(
+            f"speculative: {s.accepted}/{s.drafted} drafts accepted, {s.tokens_per_forward:.2f} tokens per forward",
+            file=sys.stderr,
+        )
 
 
 def cmd_chat(a: argparse.Namespace) -> None:
-    from herd.inference.engine import Engine
     from herd.inference.stats import StreamStats
 
     loaded = _load(a)
-    tok, engine = loaded.tokenizer, Engine(loaded.model, loaded.tokenizer)
+    tok, engine = loaded.tokenizer, _engine(a, loaded)
     interactive = sys.stdin.isatty()
     dtype = str(loaded.model.dtype).removeprefix("torch.")
     print(

@@ -77,6 +77,18 @@ def test_generate_and_chat_decode_with_quantized_weights(monkeypatch, capsys) ->
     assert models[0].layers[0].wqkv.packed.kind == "int8"  # quantized weights, not a float copy
 
 
+def test_generate_with_prompt_lookup_speculation_gives_the_greedy_text(capsys) -> None:
+    prompt = ["-p", "Repeat after me: red green blue, red green blue, red green blue,", "-n", "12", "--quant", "int4"]
+    code, plain, _ = run(capsys, "generate", *prompt, "--json")
+    assert code == 0
+    code, spec, _ = run(capsys, "generate", *prompt, "--json", "--speculate", "prompt-lookup")
+    assert code == 0 and json.loads(spec)["tokens"] == json.loads(plain)["tokens"]
+    code, _, err = run(capsys, "generate", *prompt, "--speculate", "prompt-lookup")
+    assert code == 0 and "drafts accepted" in err
+    code, _, err = run(capsys, "generate", "-p", "x", "--speculate", "draft")
+    assert code == 1 and "--speculate draft needs --draft-model" in err
+
+
 def test_generate_rejects_an_unknown_quant_or_dtype_in_one_line(capsys) -> None:
     code, _, err = run(capsys, "generate", "-p", "x", "--quant", "int3")
     assert code == 1 and err == "herd: error: unknown --quant 'int3'; choose one of none, int8, int4\n"
