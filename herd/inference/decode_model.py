@@ -7,9 +7,13 @@ choices that make decoding fast where the training model must stay general:
   instead of five, and fewer kernel launches per token;
 - weights are float32, bfloat16 or weight-only int8/int4 (`quantize.py`), multiplied by herd's
   streaming kernels at small batch; activations, norms, RoPE and the KV cache stay float32;
-- RMSNorm, RoPE (over q and k together, in place) and the SwiGLU product are one kernel call each;
+- a decode step (up to 16 new tokens per sequence, with a KV cache) runs each transformer block as one
+  C++ call (`decode_block`: norms, projections, RoPE, cache write, attention, SwiGLU): at batch 1 the
+  dispatch cost of a dozen torch ops per block is comparable to the block's arithmetic;
 - the static KV cache is preallocated and written in place; prefill can ask for the logits of the
   last position only (`output_mask`), which skips the vocabulary projection for the rest.
+
+It runs on the CPU (the kernels are CPU code); on a GPU the Engine runs herd's Transformer.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class DecodeModel(nn.Module):
         tied = args.tie_embeddings or sd.get("output.weight") is sd["tok_embeddings.weight"]
         self.norm = _float(sd.pop("norm.weight"))
         # At int4 the vocabulary matrices are kept at int8, as llama.cpp's Q4 presets keep them at 6-8 bits:
-        # on SmolLM2-135M an int4 output projection alone moves the logits ~10x more than all other layers.
+        # 4-bit embeddings and output projection cost far more accuracy than 4-bit layers do.
         vocab_quant = "int8" if quant == "int4" else quant
         embedding = prepare_weight("tok_embeddings.weight", sd.pop("tok_embeddings.weight"), dtype, vocab_quant)
         self.embedding = embedding

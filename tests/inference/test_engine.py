@@ -120,3 +120,15 @@ def test_bad_requests_raise_clear_errors(engine) -> None:
         engine.generate([[1] * 128], SamplingParams())
     with pytest.raises(InferenceError, match="top_p"):
         SamplingParams(top_p=0)
+
+
+def test_chunked_prefill_gives_the_same_tokens_and_logprobs(engine, tokenizer) -> None:
+    params = SamplingParams(max_new_tokens=6, stop_token_ids=[], logprobs=True)
+    prompts = [PROMPTS[1], PROMPTS[0]]  # left padding crosses chunk boundaries
+    whole = engine.generate(prompts, params)
+    chunked = Engine(engine.model, tokenizer, prefill_chunk=2).generate(prompts, params)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.tokens == b.tokens
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    with pytest.raises(InferenceError, match="prefill_chunk must be >= 1, got 0"):
+        Engine(engine.model, tokenizer, prefill_chunk=0)
