@@ -6,6 +6,7 @@ speculation is exact); the script checks that and records decode tokens/s, draft
 target forward. Plain and speculative runs alternate for --rounds rounds in one process.
 
     .venv/bin/python benchmarks/speculative.py --quant int4 --rounds 3
+    .venv/bin/python benchmarks/speculative.py --quant none --rounds 3
 
 No draft-model row: SmolLM2-135M is already the smallest model with its vocabulary that herd can load
 without a download.
@@ -46,9 +47,10 @@ def main() -> None:
     p.add_argument("--num-draft-tokens", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "speculative.json"))
+    p.add_argument("--out", default=None, help="default: results/speculative_<dtype>_<quant>.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    out_path = Path(a.out or Path(__file__).parent / "results" / f"speculative_{a.dtype}_{a.quant}.json")
 
     loaded = load_decoder(None, dtype=parse_dtype(a.dtype), quant=a.quant)
     tok = loaded.tokenizer
@@ -94,8 +96,8 @@ def main() -> None:
         "herd_commit": commit,
         "tokens_per_s": "generated tokens / wall time of the whole generate call (prefill included), median",
     }
-    Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    out_path.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":

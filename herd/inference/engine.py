@@ -4,8 +4,8 @@ Prompts of different lengths share one batch: they are left-padded to the longes
 its own RoPE positions (counting only its real tokens) and a mask that hides the padding, so every
 row computes what it would compute alone. The prefill fills the cache in chunks of `prefill_chunk`
 tokens (attention then holds chunk x prompt scores, not prompt x prompt) and projects only the last
-position to the vocabulary; then each step feeds one token per row. Rows finish on their own (stop token, stop string, length); the step
-loop ends when all have.
+position to the vocabulary; then each step feeds one token per row. Rows finish on their own (stop token,
+stop string, length); the step loop ends when all have.
 
 With a SpeculativeConfig, a batch of one prompt decodes speculatively (herd/inference/speculative.py):
 each target forward checks several drafted tokens and yields 1..k+1 of them. Batches of several prompts
