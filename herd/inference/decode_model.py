@@ -96,8 +96,9 @@ class _Block(nn.Module):
         return out.transpose(1, 2).reshape(B, T, N * H)
 
 
-# Up to this many queries (a decode step, a speculative verification) attention runs in herd's cache_attend kernel:
-# torch's CPU flash-attention kernel costs milliseconds per call at T=1, and the op-by-op version a dozen dispatches.
+# Up to this many queries (a decode step, a speculative verification) a block runs in herd's decode_block kernel:
+# at T=1 torch's CPU flash-attention kernel costs far more than the arithmetic, and the op-by-op version is a
+# dozen dispatches.
 _SMALL_T = 16
 
 

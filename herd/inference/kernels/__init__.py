@@ -1,6 +1,6 @@
 """herd's decode kernels (linear.cpp), compiled on first use with torch's C++ extension builder.
 
-The build takes about half a minute and is cached under ~/.cache/herd/kernels (HERD_KERNEL_DIR
+The build runs once and is cached under ~/.cache/herd/kernels (HERD_KERNEL_DIR
 overrides), keyed by torch version, CPU capability and source hash. Where no compiler is available
 the same functions run on torch ops: correct, but slower than plain float32 (a warning says so).
 """
