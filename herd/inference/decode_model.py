@@ -69,15 +69,12 @@ class _Block(nn.Module):
             )  # fmt: skip
         qkv = self.wqkv(kernels.rms_norm(h, self.attention_norm, self.eps))
         kernels.rope_(qkv, cos, sin, N + K)
-        if T <= _SMALL_T and self.k_cache is not None and cache_pos is not None:
-            out = kernels.cache_attend(qkv, self.k_cache, self.v_cache, cache_pos, mask, N, K)  # type: ignore[arg-type]
-        else:
-            out = self._attention(qkv, mask, cache_pos)
+        out = self._attention(qkv, mask, cache_pos)
         h = h + self.wo(out)
         return h + self.w2(kernels.silu_mul(self.w13(kernels.rms_norm(h, self.ffn_norm, self.eps))))
 
     def _attention(self, qkv: torch.Tensor, mask: torch.Tensor | None, cache_pos: int | None) -> torch.Tensor:
-        """Prefill (or no cache): torch's SDPA over the whole chunk; returns (B, T, N H)."""
+        """Prefill, or any step where the kernels did not build: torch's SDPA; returns (B, T, N H)."""
         B, T, _ = qkv.shape
         N, K, H = self.n_heads, self.n_kv_heads, self.head_dim
         q = qkv[..., : N * H].view(B, T, N, H).transpose(1, 2)
@@ -92,7 +89,9 @@ class _Block(nn.Module):
             self.k_cache[:B, :, cache_pos:end] = k
             self.v_cache[:B, :, cache_pos:end] = v  # type: ignore[index]
             k, v = self.k_cache[:B, :, :end], self.v_cache[:B, :, :end]  # type: ignore[index]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=N != K)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=N != K
+        )
         return out.transpose(1, 2).reshape(B, T, N * H)
 
 

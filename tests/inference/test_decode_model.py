@@ -44,6 +44,19 @@ def test_float32_logits_equal_the_transformer_for_prefill_and_cached_steps(tiny)
     assert torch.allclose(torch.cat(steps, dim=1), ref, atol=1e-3)
 
 
+def test_without_the_kernels_cached_single_token_steps_still_equal_the_transformer(tiny, monkeypatch) -> None:
+    from herd.inference import kernels
+
+    monkeypatch.setattr(kernels, "available", lambda: False)  # as where the C++ build fails
+    fast = DecodeModel.from_transformer(tiny)
+    tokens = torch.randint(0, 300, (1, 12))
+    with torch.inference_mode():
+        ref = tiny(tokens)
+    fast.setup_caches(1, 12)
+    steps = [fast(tokens[:, :8], cache_pos=0)] + [fast(tokens[:, i : i + 1], cache_pos=i) for i in range(8, 12)]
+    assert torch.allclose(torch.cat(steps, dim=1), ref, atol=1e-3)
+
+
 def test_float32_engine_output_is_token_identical_with_padding_and_batches(tiny) -> None:
     tok = Llama3Tokenizer()
     prompts = [[1, 5, 9, 200], [7] * 11, [3, 4], [250, 1, 2, 3, 4, 5, 6]]

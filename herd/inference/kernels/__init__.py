@@ -118,39 +118,6 @@ def rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -
     x[..., 1] = x0 * s + x1 * c
 
 
-def cache_attend(
-    qkv: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    pos: int,
-    mask: torch.Tensor | None,
-    n_heads: int,
-    n_kv_heads: int,
-) -> torch.Tensor:
-    """Write the new tokens' k, v (from qkv (B, T, (N + 2K) H), RoPE applied) into the caches (B, K, S, H) at
-    slot `pos`, then attend; returns (B, T, N H). mask: bool broadcastable to (B, 1, T, pos + T), or None for
-    causal. For the few queries of a decode step (one call instead of a dozen torch ops)."""
-    B, T, _ = qkv.shape
-    S = pos + T
-    if mask is not None:
-        mask = mask.expand(B, 1, T, S)
-    if available():
-        return torch.ops.herd.cache_attend(qkv, k_cache, v_cache, pos, mask, n_heads, n_kv_heads)
-    K, H = n_kv_heads, k_cache.shape[-1]
-    N = n_heads
-    k_new = qkv[..., N * H : (N + K) * H].reshape(B, T, K, H).transpose(1, 2)
-    v_new = qkv[..., (N + K) * H :].reshape(B, T, K, H).transpose(1, 2)
-    k_cache[:B, :, pos:S] = k_new
-    v_cache[:B, :, pos:S] = v_new
-    q = qkv[..., : N * H].reshape(B, T, N, H).transpose(1, 2)
-    if mask is None:
-        mask = torch.ones(T, S, dtype=torch.bool).tril(pos)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k_cache[:B, :, :S], v_cache[:B, :, :S], attn_mask=mask, enable_gqa=N != K
-    )
-    return out.transpose(1, 2).reshape(B, T, N * H)
-
-
 def dequantize_rows(
     qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, n0: int, n1: int
 ) -> torch.Tensor:
