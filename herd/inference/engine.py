@@ -295,8 +295,11 @@ class Engine:
         model.setup_caches(1, total)
         try:
             drafter.start(total)
-            # The first token comes from the prefill exactly as in plain decoding.
-            logits_JV = forward_span(model, prompt, 0)[-1:]
+            # The first token comes from the prefill exactly as in plain decoding (chunked, last position only).
+            P = len(prompt)
+            tokens = torch.tensor([prompt], device=device)
+            positions = torch.arange(P, device=device)[None]
+            logits_JV = self._prefill(tokens, positions, torch.ones(1, P, dtype=torch.bool, device=device))
             new_tokens = [sample_token(logits_JV[0], params, row.generator, seen_V)]
             context = list(prompt)  # prompt and accepted tokens; the cache holds all but the newest
             while True:
