@@ -161,6 +161,83 @@ def cmd_chat(a: argparse.Namespace) -> None:
         history.append({"role": "assistant", "content": reply.text if reply else ""})
 
 
+def cmd_serve(a: argparse.Namespace) -> None:
+    import threading
+
+    import uvicorn
+
+    from herd.serve import ServeOptions, create_app
+
+    if not 1 <= a.max_batch <= 64:
+        raise HerdError(f"--max-batch must be in 1..64, got {a.max_batch}")
+    loaded = _load(a)
+    options = ServeOptions(
+        model_name=a.served_model_name or loaded.name,
+        api_key=a.api_key or os.environ.get("HERD_API_KEY") or None,
+        max_batch=a.max_batch,
+        max_queue=a.max_queue,
+        max_seq_len=a.max_seq_len,
+        request_timeout=a.request_timeout,
+        builtin_tools=a.builtin_tools,
+        index=a.index,
+    )
+    app = create_app(loaded, options, scheduler_thread=False)
+    url = f"http://{a.host}:{a.port}"
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
+    key = " -H 'Authorization: Bearer $HERD_API_KEY'" if options.api_key else ""
+    body = json.dumps({"model": options.model_name, "messages": [{"role": "user", "content": "Hi!"}]})
+    print(
+        f"herd serve: {options.model_name} ({loaded.format}, {dtype}, quant {loaded.model.quant}, loaded in "
+        f"{loaded.load_s:.1f}s), batch {a.max_batch}, context {min(a.max_seq_len, loaded.model.args.max_seq_len)}\n"
+        f"  OpenAI API at {url}/v1\n"
+        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{key} -d '{body}'",
+        flush=True,
+    )
+    # The web server runs in a thread and the scheduler in this one, the thread that loaded the model (see
+    # Scheduler.run: a second OpenMP team costs decode speed on a small machine).
+    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level))
+    web = threading.Thread(target=server.run, name="herd-web", daemon=True)
+    web.start()
+    try:
+        app.state.scheduler.run(until=lambda: not web.is_alive())
+    finally:
+        server.should_exit = True
+        web.join(timeout=30)
+    if not server.started:
+        raise HerdError(f"the server did not start on {a.host}:{a.port} (is the port in use?)")
+
+
+def cmd_agent(a: argparse.Namespace) -> None:
+    from herd.serve.chat import tool_format
+    from herd.tools.agent import BuiltinTools, Step, run_agent
+
+    loaded = _load(a)
+    tok, engine = loaded.tokenizer, _engine(a, loaded)
+    tools = BuiltinTools(index=a.index, code=not a.no_code)
+    fmt = tool_format(tok)
+    offered = [t.name for t in tools.tools(fmt)]
+    print(f"herd agent: {loaded.name}, tools: {', '.join(offered) or 'none'}", file=sys.stderr)
+
+    def complete(messages: list[dict]) -> str:
+        return engine.generate([tok.encode_chat(messages)], _sampling_params(a))[0].text
+
+    def show(step: Step) -> None:
+        result = step.result if len(step.result) <= 300 else step.result[:300] + " ..."
+        print(f"-> {step.name}({json.dumps(step.arguments, ensure_ascii=False)})\n<- {result}", file=sys.stderr)
+
+    messages = ([{"role": "system", "content": a.system}] if a.system else []) + [{"role": "user", "content": a.prompt}]
+    answer, _ = run_agent(complete, messages, tools, fmt, max_steps=a.max_steps, on_step=show)
+    print(answer)
+
+
+def cmd_index_build(a: argparse.Namespace) -> None:
+    from herd.tools.index import build_index
+
+    t0 = time.perf_counter()
+    n = build_index([Path(p) for p in a.inputs], Path(a.out), text_field=a.text_field)
+    print(f"indexed {n} documents into {a.out} in {time.perf_counter() - t0:.1f}s")
+
+
 # ---------------------------------------------------------------------------------------------
 # tokenize / tokenizer train
 
@@ -440,6 +517,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message")
     _sampling_args(p, max_new_tokens=512)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible API server (chat, completions, tools, streaming)")
+    p.add_argument("--model", "-m", default=None, help="embedded model name, HF/Meta directory or .gguf file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="float32", help="weights: float32 (default) or bfloat16")
+    p.add_argument("--quant", default="none", help="weight-only quantization: none (default), int8 or int4")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoding together (default 8)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; more get 429")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="context per request (default 2048)")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is cancelled")
+    p.add_argument("--api-key", default=None, help="require this bearer key (or set HERD_API_KEY)")
+    p.add_argument("--served-model-name", default=None, help="the model id clients use (default: --model's name)")
+    p.add_argument(
+        "--builtin-tools",
+        action="store_true",
+        help="run the built-in tools (code interpreter, search, Wolfram Alpha) server-side for requests without tools",
+    )
+    p.add_argument("--index", default=None, help="with --builtin-tools: offline search index (`herd index build`)")
+    p.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("agent", help="answer with the built-in tools (code interpreter, search, Wolfram Alpha)")
+    p.add_argument("--prompt", "-p", required=True)
+    p.add_argument("--system", default=None, help="system message (after the tool instructions)")
+    p.add_argument("--index", default=None, help="offline search index from `herd index build` (without BRAVE_API_KEY)")
+    p.add_argument("--max-steps", type=int, default=6, help="tool calls before the model must answer (default 6)")
+    p.add_argument("--no-code", action="store_true", help="do not offer the code interpreter")
+    _sampling_args(p, max_new_tokens=256)
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("index", help="the offline search index of agents")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    q = isub.add_parser("build", help="index jsonl documents (e.g. `herd data curate` output) into SQLite FTS5")
+    q.add_argument("inputs", nargs="+", help=".jsonl files or directories (searched for *.jsonl)")
+    q.add_argument("--out", "-o", required=True, help="the index file to write, e.g. runs/index.sqlite")
+    q.add_argument("--text-field", default="text", help="the documents' text field (default text)")
+    q.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("convert", help="convert a checkpoint between Meta, HF and GGUF (read-only) formats")
     p.add_argument("src", help="Meta or HF directory, .gguf file, or embedded model name")

@@ -55,40 +55,64 @@ class _Block(nn.Module):
         self._weights: list[list[torch.Tensor]] | None = None
 
     def forward(
-        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, cache_pos: int | None
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache_pos: int | torch.Tensor | None,
+        cache_row: int | None = None,
     ) -> torch.Tensor:
-        T, N, K = h.shape[1], self.n_heads, self.n_kv_heads
-        if T <= _SMALL_T and self.k_cache is not None and cache_pos is not None and kernels.available():
+        B, T, N, K = *h.shape[:2], self.n_heads, self.n_kv_heads
+        k_cache, v_cache = self.k_cache, self.v_cache
+        if k_cache is not None and v_cache is not None and cache_row is not None:  # rows of a larger batch
+            k_cache, v_cache = k_cache[cache_row : cache_row + B], v_cache[cache_row : cache_row + B]
+        row_pos = cache_pos if isinstance(cache_pos, torch.Tensor) else None
+        if T <= _SMALL_T and k_cache is not None and cache_pos is not None and kernels.available():
             if self._weights is None:
                 self._weights = [m.tensors() for m in (self.wqkv, self.wo, self.w13, self.w2)]
+            pos = 0 if row_pos is not None else cast(int, cache_pos)
             if mask is not None:
-                mask = mask.expand(h.shape[0], 1, T, cache_pos + T)
+                mask = mask.expand(B, 1, T, pos + T)
             return torch.ops.herd.decode_block(
                 h, self.attention_norm, self.ffn_norm, self.eps, *self._weights,
-                cos, sin, self.k_cache, self.v_cache, cache_pos, mask, N, K,
+                cos, sin, k_cache, v_cache, pos, mask, N, K, row_pos,
             )  # fmt: skip
         qkv = self.wqkv(kernels.rms_norm(h, self.attention_norm, self.eps))
         kernels.rope_(qkv, cos, sin, N + K)
-        out = self._attention(qkv, mask, cache_pos)
+        if row_pos is None:
+            out = self._attention(qkv, mask, cast("int | None", cache_pos), k_cache, v_cache)
+        else:  # rows at their own positions: one row at a time (the kernels do this in one call)
+            assert k_cache is not None and v_cache is not None  # DecodeModel.forward checks row positions need caches
+            out = torch.cat([
+                self._attention(qkv[b : b + 1], None, int(row_pos[b]), k_cache[b : b + 1], v_cache[b : b + 1])
+                for b in range(B)
+            ])  # fmt: skip
         h = h + self.wo(out)
         return h + self.w2(kernels.silu_mul(self.w13(kernels.rms_norm(h, self.ffn_norm, self.eps))))
 
-    def _attention(self, qkv: torch.Tensor, mask: torch.Tensor | None, cache_pos: int | None) -> torch.Tensor:
+    def _attention(
+        self,
+        qkv: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache_pos: int | None,
+        k_cache: torch.Tensor | None,
+        v_cache: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Prefill, or any step where the kernels did not build: torch's SDPA; returns (B, T, N H)."""
         B, T, _ = qkv.shape
         N, K, H = self.n_heads, self.n_kv_heads, self.head_dim
         q = qkv[..., : N * H].view(B, T, N, H).transpose(1, 2)
         k = qkv[..., N * H : (N + K) * H].view(B, T, K, H).transpose(1, 2)
         v = qkv[..., (N + K) * H :].view(B, T, K, H).transpose(1, 2)
-        if self.k_cache is not None and cache_pos is not None:
+        if k_cache is not None and v_cache is not None and cache_pos is not None:
             end = cache_pos + T
-            if self.k_cache.shape[0] < B or self.k_cache.shape[2] < end:
-                raise ValueError(
-                    f"KV cache holds batch {self.k_cache.shape[0]} x {self.k_cache.shape[2]} tokens; got {B} x {end}"
-                )
-            self.k_cache[:B, :, cache_pos:end] = k
-            self.v_cache[:B, :, cache_pos:end] = v  # type: ignore[index]
-            k, v = self.k_cache[:B, :, :end], self.v_cache[:B, :, :end]  # type: ignore[index]
+            if k_cache.shape[0] < B or k_cache.shape[2] < end:
+                held = f"{k_cache.shape[0]} x {k_cache.shape[2]}"
+                raise ValueError(f"KV cache holds batch {held} tokens; got {B} x {end}")
+            k_cache[:B, :, cache_pos:end] = k
+            v_cache[:B, :, cache_pos:end] = v
+            k, v = k_cache[:B, :, :end], v_cache[:B, :, :end]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=N != K
         )
@@ -175,17 +199,27 @@ class DecodeModel(nn.Module):
         *,
         positions_BT: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        cache_pos: int | None = None,
+        cache_pos: int | torch.Tensor | None = None,
         output_mask: torch.Tensor | None = None,
+        cache_row: int | None = None,
     ) -> torch.Tensor:
         """float32 logits (B, T, V), or (N, V) for the positions where `output_mask` is True
-        (arguments as in `Transformer.forward`)."""
+        (arguments as in `Transformer.forward`), with two additions for a server whose requests start at
+        different times: `cache_pos` may be an int64 tensor (B,), each row's own first cache slot (and
+        RoPE position; causal, no mask), and `cache_row` makes the batch use cache rows
+        cache_row..cache_row+B instead of 0..B (one request's prompt fills its row while others wait)."""
         B, T = tokens_BT.shape
-        start = cache_pos or 0
-        if positions_BT is None:
-            positions_BT = torch.arange(start, start + T, device=tokens_BT.device).expand(B, T)
-        if mask is None and start > 0 and T > 1:
-            mask = causal_mask(T, start + T, start, device=tokens_BT.device)
+        if isinstance(cache_pos, torch.Tensor):
+            if mask is not None or self.layers[0].k_cache is None or cache_pos.shape != (B,):
+                raise ValueError("per-row cache positions need set-up caches, shape (B,) and no mask")
+            if positions_BT is None:
+                positions_BT = cache_pos[:, None] + torch.arange(T, device=tokens_BT.device)
+        else:
+            start = cache_pos or 0
+            if positions_BT is None:
+                positions_BT = torch.arange(start, start + T, device=tokens_BT.device).expand(B, T)
+            if mask is None and start > 0 and T > 1:
+                mask = causal_mask(T, start + T, start, device=tokens_BT.device)
         angles = positions_BT[..., None].float() * self._rope_freqs
         cos, sin = angles.cos(), angles.sin()  # (B, T, H/2)
 
@@ -194,7 +228,7 @@ class DecodeModel(nn.Module):
         else:
             h = F.embedding(tokens_BT, self.embedding).float()
         for block in self.blocks():
-            h = block(h, cos, sin, mask, cache_pos)
+            h = block(h, cos, sin, mask, cache_pos, cache_row)
         if output_mask is not None:
             h = h[output_mask]
         return self.output(kernels.rms_norm(h, self.norm, self.args.norm_eps))

@@ -61,10 +61,13 @@ class TokenEvent:
     logprob: float | None = None
     finished: Completion | None = None
     """Set on the row's last event."""
+    top_logprobs: list[tuple[int, float]] | None = None
+    """The most likely tokens at this step and their log-probabilities, when asked for (the server sets it)."""
 
 
-class _Row:
-    """Per-sequence decoding state: text assembly, stop strings and the hold-back needed to stream them."""
+class Row:
+    """Per-sequence decoding state: text assembly, stop strings and the hold-back needed to stream them
+    (the Engine's batches and the server's scheduler both keep one per sequence)."""
 
     def __init__(self, index: int, prompt: list[int], params: SamplingParams, tokenizer: Tokenizer) -> None:
         self.index, self.params = index, params
@@ -102,6 +105,10 @@ class _Row:
         # Hold back a tail that could still grow into a stop string.
         hold = max((_overlap(self.full_text, s) for s in self.params.stop), default=0)
         return TokenEvent(self.index, token, self._emit(len(self.full_text) - hold), logprob)
+
+    def end(self, reason: str) -> TokenEvent:
+        """Finish now without a token: "stop" (a constrained output is complete) or "length"."""
+        return self._finish(-1, reason, None, None)
 
     def truncate(self) -> TokenEvent | None:
         """The context is full: finish with reason "length" if still running."""
@@ -209,7 +216,7 @@ class Engine:
             yield from self._stream_speculative(list(prompts[0]), params[0], total)
             return
         device = model_device(model)
-        rows = [_Row(i, list(p), sp, self.tokenizer) for i, (p, sp) in enumerate(zip(prompts, params, strict=True))]
+        rows = [Row(i, list(p), sp, self.tokenizer) for i, (p, sp) in enumerate(zip(prompts, params, strict=True))]
 
         tokens = torch.zeros(B, P, dtype=torch.long, device=device)
         valid = torch.zeros(B, total, dtype=torch.bool, device=device)  # key slots holding real tokens
@@ -257,11 +264,18 @@ class Engine:
         finally:
             model.clear_caches()
 
-    def _prefill(self, tokens_BP: torch.Tensor, positions_BP: torch.Tensor, valid_BP: torch.Tensor) -> torch.Tensor:
+    def _prefill(
+        self,
+        tokens_BP: torch.Tensor,
+        positions_BP: torch.Tensor,
+        valid_BP: torch.Tensor,
+        cache_row: int | None = None,
+    ) -> torch.Tensor:
         """Fill the KV cache with the (left-padded) prompts and return the last position's logits (B, V).
 
         Chunks of `prefill_chunk` queries keep attention's scores at chunk x P, not P x P, for long prompts, and
-        only the last position goes through the vocabulary projection."""
+        only the last position goes through the vocabulary projection. `cache_row` (a DecodeModel only) puts the
+        batch in cache rows cache_row.. instead of 0..: the server's scheduler fills one request's row."""
         model, (B, P), device = self.model, tokens_BP.shape, tokens_BP.device
         logits_BV = torch.empty(0)
         for start in range(0, P, self.prefill_chunk):
@@ -271,12 +285,14 @@ class Engine:
             mask = (causal_mask(end - start, end, start, device=device) & valid_BP[:, None, :end]) | itself
             wanted = torch.zeros(B, end - start, dtype=torch.bool, device=device)
             wanted[:, -1] = end == P
+            row = {} if cache_row is None else {"cache_row": cache_row}
             logits_BV = model(
                 tokens_BP[:, start:end],
                 positions_BT=positions_BP[:, start:end],
                 mask=mask[:, None],
                 cache_pos=start,
                 output_mask=wanted,
+                **row,
             )
         return logits_BV
 
@@ -286,7 +302,7 @@ class Engine:
         model, vocab, drafter, stats = self.model, self.model.args.vocab_size, self.drafter, self.last_stats
         assert drafter is not None and self.speculative is not None  # only called with a speculative config
         k_max = self.speculative.num_draft_tokens
-        row = _Row(0, prompt, params, self.tokenizer)
+        row = Row(0, prompt, params, self.tokenizer)
         device = model_device(model)
         seen_V = None
         if params.repetition_penalty != 1.0:

@@ -49,11 +49,20 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; special tokens are rendered as their text, broken UTF-8 as U+FFFD."""
 
+    @property
+    def supports_tools(self) -> bool:
+        """Whether `encode_chat` writes a `tools=[...]` variable (OpenAI-style function specs) into the prompt."""
+        return False
+
     @abstractmethod
-    def encode_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **variables: Any
+    ) -> list[int]:
         """Token ids of a dialog of `{"role": ..., "content": ...}` messages in the model's chat format.
 
         With `add_generation_prompt` the ids end with an open assistant turn for the model to complete.
+        `variables` (`tools`...) are for chat templates that use them. Special-token strings in a message's
+        content are ordinary text.
         """
 
     def _add_bos_eos(self, ids: list[int], bos: bool, eos: bool) -> list[int]:

@@ -7,6 +7,7 @@ with jinja2 the way transformers renders them.
 """
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +99,11 @@ class HFTokenizer(Tokenizer):
         self.stop_ids = frozenset({eos_id, *stop_ids, *named_stops})
         self.chat_template = chat_template
         self._template: jinja2.Template | None = None
+        # Proper prefixes and suffixes of the special strings: text ending or starting with one may complete a
+        # special token together with the template's text around it.
+        self._special_heads = {s[:k] for s in self.special_tokens for k in range(1, len(s))}
+        self._special_tails = {s[k:] for s in self.special_tokens for k in range(1, len(s))}
+        self._longest_part = max(map(len, self._special_heads), default=0)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "HFTokenizer":
@@ -233,10 +239,19 @@ class HFTokenizer(Tokenizer):
         except jinja2.TemplateError as e:
             raise TokenizerError(f"chat template of {self.source}: {e}") from None
 
-    def encode_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
-        """Render the chat template and encode its text with special tokens matched. The template usually writes
-        bos itself; it is prepended only if the model wants one and the template did not."""
-        ids = self.encode(self.render_chat(messages, add_generation_prompt=add_generation_prompt), allow_special=True)
+    @property
+    def supports_tools(self) -> bool:
+        # Templates that offer tools read them from a `tools` variable, as transformers passes them.
+        return self.chat_template is not None and re.search(r"\btools\b", self.chat_template) is not None
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **variables: Any
+    ) -> list[int]:
+        """Render the chat template (`variables` go to it as in `render_chat`) and encode its text, with special
+        tokens matched in the template's own text only. The template usually writes bos itself; it is prepended
+        only if the model wants one and the template did not."""
+        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt, **variables)
+        ids, _ = self._encode_rendered(messages, text, add_generation_prompt, variables)
         if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:  # add_bos implies a bos_id
             ids.insert(0, self.bos_id)
         return ids
@@ -262,12 +277,96 @@ class HFTokenizer(Tokenizer):
                     "its assistant turns cannot be told apart for a loss mask"
                 )
             spans.append((len(before), len(after)))
-        encoding = self._tok.encode(full, add_special_tokens=False)
-        ids = list(encoding.ids)
-        mask = [any(start <= begin < end for start, end in spans) for begin, _ in encoding.offsets]
+        ids, starts = self._encode_rendered(messages, full, False, {})
+        mask = [any(start <= begin < end for start, end in spans) for begin in starts]
         if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:  # add_bos implies a bos_id
             ids, mask = [self.bos_id, *ids], [False, *mask]
         return ids, mask
+
+    def _encode_rendered(
+        self, messages: list[dict[str, Any]], text: str, add_generation_prompt: bool, variables: dict[str, Any]
+    ) -> tuple[list[int], list[int]]:
+        """Ids of `text`, the rendering of `messages`, and the offset in it where each starts. Special strings that
+        a message's content brings stay text (text a user typed never becomes a control token); the template's
+        own are control tokens.
+
+        Contents that could make a special token are located in the text by rendering them as sentinels. If no
+        special token of the whole text touches them, its ids stand (so ordinary chats encode as they always
+        did); otherwise the text is cut at the template's special tokens and the pieces between encoded as plain
+        text, as `tokenizers` encodes the text between added tokens.
+        """
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        ids, offsets = list(encoding.ids), list(encoding.offsets)
+        typed = {
+            i: m["content"]
+            for i, m in enumerate(messages)
+            if isinstance(m.get("content"), str) and self._may_form_special(m["content"])
+        }
+        contents = self._content_spans(messages, typed, text, add_generation_prompt, variables) if typed else []
+        if contents is None:
+            if any(s in content for content in typed.values() for s in self.special_tokens):
+                raise TokenizerError(
+                    f"chat template of {self.source} changes message content, so control-token strings typed in "
+                    "it cannot be kept as text"
+                )
+            contents = []
+
+        specials = {i: name for name, i in self.special_tokens.items()}
+
+        def typed_special(token: int, start: int, end: int) -> bool:
+            # The span also covers whitespace the token strips; what counts is where its own string lies.
+            name = specials[token]
+            at = text.find(name, start, end)
+            begin, finish = (at, at + len(name)) if at >= 0 else (start, end)
+            return any(begin < c_end and c_start < finish for c_start, c_end in contents)
+
+        found = [(t, s, e) for t, (s, e) in zip(ids, offsets, strict=True) if t in specials]
+        kept = [(t, s, e) for t, s, e in found if not typed_special(t, s, e)]
+        if len(kept) == len(found):
+            return ids, [start for start, _ in offsets]
+        ids, starts, cut = [], [], 0
+        for token, start, end in [*kept, (None, len(text), len(text))]:
+            piece = self._plain.encode(text[cut:start], add_special_tokens=False)
+            ids += piece.ids
+            starts += [cut + s for s, _ in piece.offsets]
+            if token is not None:
+                ids.append(token)
+                starts.append(start)
+            cut = end
+        return ids, starts
+
+    def _may_form_special(self, text: str) -> bool:
+        """Whether `text` holds a special string, or starts or ends with part of one."""
+        if any(s in text for s in self.special_tokens):
+            return True
+        ends = range(1, min(len(text), self._longest_part) + 1)
+        return any(text[-k:] in self._special_heads or text[:k] in self._special_tails for k in ends)
+
+    def _content_spans(
+        self,
+        messages: list[dict[str, Any]],
+        contents: dict[int, str],
+        text: str,
+        add_generation_prompt: bool,
+        variables: dict[str, Any],
+    ) -> list[tuple[int, int]] | None:
+        """Where each of `contents` (message index -> content) lies in `text`, the rendering of `messages`; None
+        unless the template writes each exactly once, as is, and in order."""
+        # Private-use characters: no template writes them and no tokenizer gives them a meaning.
+        marks = {i: f"\ue000{i}\ue001" for i in contents}
+        marked = [{**m, "content": marks[i]} if i in marks else m for i, m in enumerate(messages)]
+        rest = self.render_chat(marked, add_generation_prompt=add_generation_prompt, **variables)
+        if any(rest.count(mark) != 1 for mark in marks.values()):
+            return None
+        spans, real = [], ""
+        for i, mark in marks.items():
+            before, found, rest = rest.partition(mark)
+            if not found:  # out of order
+                return None
+            real += before
+            spans.append((len(real), len(real) + len(contents[i])))
+            real += contents[i]
+        return spans if real + rest == text else None
 
     def save(self, directory: str | Path) -> None:
         """Write tokenizer.json + tokenizer_config.json so that transformers and `from_dir` load this tokenizer."""

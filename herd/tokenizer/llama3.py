@@ -133,8 +133,11 @@ class Llama3Tokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         return self._enc.decode(self._check_ids(ids))
 
-    def encode_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
-        """The Llama 3 / 3.1 dialog format of `ChatFormat` (tool calls included)."""
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **variables: Any
+    ) -> list[int]:
+        """The Llama 3 / 3.1 dialog format of `ChatFormat` (tool calls included). `variables` are ignored: Llama 3
+        offers tools in its system prompt, which `herd.tools` writes."""
         from herd.tokenizer.chat_format import ChatFormat, Message
 
         dialog = [Message.from_dict(m, index=i) for i, m in enumerate(messages)]

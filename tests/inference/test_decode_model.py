@@ -57,6 +57,41 @@ def test_without_the_kernels_cached_single_token_steps_still_equal_the_transform
     assert torch.allclose(torch.cat(steps, dim=1), ref, atol=1e-3)
 
 
+@pytest.mark.parametrize("with_kernels", [True, False])
+@pytest.mark.parametrize("quant", ["none", "int8"])
+def test_rows_at_their_own_positions_give_each_row_exactly_its_logits_alone(tiny, monkeypatch, with_kernels, quant):
+    """A server's batch: prompts prefilled one at a time into their cache rows, then decode steps where each row
+    is at its own position. Every row's logits equal running it alone, bit for bit with the kernels (their sums
+    run in the same order at any batch size; torch's GEMM in the fallback does not promise that)."""
+    from herd.inference import kernels
+
+    if not with_kernels:
+        monkeypatch.setattr(kernels, "available", lambda: False)
+    fast = DecodeModel.from_transformer(tiny, quant=quant)
+    prompts = [torch.randint(0, 300, (1, n)) for n in (9, 3, 20)]
+    steps = torch.randint(0, 300, (3, 5))
+
+    def alone(i: int) -> list[torch.Tensor]:
+        fast.setup_caches(1, 32)
+        out = [fast(prompts[i], cache_pos=0)[:, -1]]
+        n = prompts[i].shape[1]
+        out += [fast(steps[i : i + 1, s : s + 1], cache_pos=n + s)[:, -1] for s in range(5)]
+        fast.clear_caches()
+        return out
+
+    fast.setup_caches(4, 32)  # one spare row: rows 0..2 in use
+    batched = [[fast(p, cache_pos=0, cache_row=i)[:, -1]] for i, p in enumerate(prompts)]
+    pos = torch.tensor([p.shape[1] for p in prompts])
+    for s in range(5):
+        logits = fast(steps[:, s : s + 1], cache_pos=pos + s)[:, -1]
+        for i in range(3):
+            batched[i].append(logits[i : i + 1])
+    fast.clear_caches()
+    same = torch.equal if with_kernels else lambda a, b: torch.allclose(a, b, atol=1e-4)
+    for i in range(3):
+        assert all(same(a, b) for a, b in zip(alone(i), batched[i], strict=True)), i
+
+
 def test_float32_engine_output_is_token_identical_with_padding_and_batches(tiny) -> None:
     tok = Llama3Tokenizer()
     prompts = [[1, 5, 9, 200], [7] * 11, [3, 4], [250, 1, 2, 3, 4, 5, 6]]

@@ -50,10 +50,12 @@ inline __m256 load8(const at::BFloat16* w) {
 
 // Float weights (float32 or bfloat16): one weight row against MB rows of x. MB is a template argument
 // so that the accumulators live in registers; U independent accumulators per row of x hide the FMA
-// latency (one chain would cap a core at 8 weights per 4 cycles).
+// latency (one chain would cap a core at 8 weights per 4 cycles). U is the same for every MB so that a
+// row's sums are added in the same order whatever else is in the batch: a request gives the same
+// numbers alone and batched with others (the int kernels below have one accumulator per row anyway).
 template <int MB, typename W>
 void dense_row(const W* w, const float* x, int64_t K, int64_t m0, float* out, int64_t N) {
-  constexpr int U = MB == 1 ? 4 : 2;
+  constexpr int U = 2;
   __m256 acc[MB][U];
   for (int i = 0; i < MB; ++i)
     for (int u = 0; u < U; ++u) acc[i][u] = _mm256_setzero_ps();
@@ -373,21 +375,31 @@ void rope_(at::Tensor qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t
 // One decode step's attention, cache write included: k and v of the T new tokens (from qkv, after RoPE)
 // go to slots pos..pos+T of the caches (B, K, S_max, H), then each query head attends to slots 0..pos+T.
 // mask: bool, already expanded (strides may be 0) to (B, 1, T, pos+T), or undefined for causal over the
-// new tokens. Query head n reads kv head n / (N / K). Returns (B, T, N * H), the layout wo takes.
+// new tokens. row_pos (B,) int64, instead of pos and mask: row b is at its own position (a server's
+// requests started at different times), writes slots row_pos[b].. and attends causally to 0..row_pos[b]+t.
+// Query head n reads kv head n / (N / K). Returns (B, T, N * H), the layout wo takes.
 at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_cache, int64_t pos,
-                        const c10::optional<at::Tensor>& mask, int64_t n_heads, int64_t n_kv_heads) {
+                        const c10::optional<at::Tensor>& mask, int64_t n_heads, int64_t n_kv_heads,
+                        const c10::optional<at::Tensor>& row_pos) {
   TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.is_contiguous() && qkv.dim() == 3,
               "herd::cache_attend: qkv must be contiguous float32 (B, T, C)");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.scalar_type() == at::kFloat &&
                   k_cache.sizes() == v_cache.sizes() && k_cache.dim() == 4,
               "herd::cache_attend: caches must be contiguous float32 (B, K, S, H)");
   const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2);
-  const int64_t N = n_heads, K = n_kv_heads, H = k_cache.size(3), Smax = k_cache.size(2), S = pos + T;
+  const int64_t N = n_heads, K = n_kv_heads, H = k_cache.size(3), Smax = k_cache.size(2);
   TORCH_CHECK(C == (N + 2 * K) * H && k_cache.size(1) == K, "herd::cache_attend: qkv has ", C,
               " features, expected (", N, " + 2 * ", K, ") * ", H);
-  TORCH_CHECK(k_cache.size(0) >= B && S <= Smax, "KV cache holds batch ", k_cache.size(0), " x ", Smax,
-              " tokens; got ", B, " x ", S);
   const bool has_mask = mask.has_value() && mask->defined();
+  std::vector<int64_t> start(B, pos);  // the slot of each row's first new token
+  if (row_pos.has_value() && row_pos->defined()) {
+    TORCH_CHECK(!has_mask && row_pos->scalar_type() == at::kLong && row_pos->numel() == B && row_pos->is_contiguous(),
+                "herd::cache_attend: row_pos must be int64 (B,) and comes without a mask");
+    std::copy(row_pos->data_ptr<int64_t>(), row_pos->data_ptr<int64_t>() + B, start.begin());
+  }
+  const int64_t S = *std::max_element(start.begin(), start.end()) + T;  // the longest row's keys
+  TORCH_CHECK(k_cache.size(0) >= B && S <= Smax && *std::min_element(start.begin(), start.end()) >= 0,
+              "KV cache holds batch ", k_cache.size(0), " x ", Smax, " tokens; got ", B, " x ", S);
   if (has_mask)
     TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(0) == B && mask->size(2) == T &&
                     mask->size(3) == S,
@@ -399,8 +411,8 @@ at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < K; ++h) {
         const float* src = x + (b * T + t) * C + (N + h) * H;
-        std::memcpy(kc + ((b * K + h) * Smax + pos + t) * H, src, H * sizeof(float));
-        std::memcpy(vc + ((b * K + h) * Smax + pos + t) * H, src + K * H, H * sizeof(float));
+        std::memcpy(kc + ((b * K + h) * Smax + start[b] + t) * H, src, H * sizeof(float));
+        std::memcpy(vc + ((b * K + h) * Smax + start[b] + t) * H, src + K * H, H * sizeof(float));
       }
   at::Tensor out = at::empty({B, T, N * H}, qkv.options());
   float* o = out.data_ptr<float>();
@@ -415,9 +427,10 @@ at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_
       const float* q = x + (b * T + t) * C + n * H;
       const float* kb = kc + (b * K + n / G) * Smax * H;
       const float* vb = vc + (b * K + n / G) * Smax * H;
+      const int64_t Sb = start[b] + T;
       float best = -INFINITY;
-      for (int64_t j = 0; j < S; ++j) {
-        const bool ok = has_mask ? mp[b * ms[0] + t * ms[2] + j * ms[3]] : j <= pos + t;
+      for (int64_t j = 0; j < Sb; ++j) {
+        const bool ok = has_mask ? mp[b * ms[0] + t * ms[2] + j * ms[3]] : j <= start[b] + t;
         if (!ok) {
           p[j] = -INFINITY;
           continue;
@@ -430,7 +443,7 @@ at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_
       float* y = o + (b * T + t) * N * H + n * H;
       std::fill(y, y + H, 0.0f);
       float total = 0;
-      for (int64_t j = 0; j < S; ++j) {
+      for (int64_t j = 0; j < Sb; ++j) {
         if (p[j] == -INFINITY) continue;
         const float w = std::exp(p[j] - best);
         total += w;
@@ -473,10 +486,10 @@ at::Tensor decode_block(const at::Tensor& h, const at::Tensor& attention_norm, c
                         std::vector<at::Tensor> wqkv, std::vector<at::Tensor> wo, std::vector<at::Tensor> w13,
                         std::vector<at::Tensor> w2, const at::Tensor& cos, const at::Tensor& sin, at::Tensor k_cache,
                         at::Tensor v_cache, int64_t pos, const c10::optional<at::Tensor>& mask, int64_t n_heads,
-                        int64_t n_kv_heads) {
+                        int64_t n_kv_heads, const c10::optional<at::Tensor>& row_pos) {
   at::Tensor qkv = linear_any(rms_norm(h, attention_norm, eps), wqkv);
   rope_(qkv, cos, sin, n_heads + n_kv_heads);
-  at::Tensor attn = cache_attend(qkv, k_cache, v_cache, pos, mask, n_heads, n_kv_heads);
+  at::Tensor attn = cache_attend(qkv, k_cache, v_cache, pos, mask, n_heads, n_kv_heads, row_pos);
   at::Tensor h2 = h + linear_any(attn, wo);
   return h2 + linear_any(silu_mul(linear_any(rms_norm(h2, ffn_norm, eps), w13)), w2);
 }
@@ -528,9 +541,11 @@ TORCH_LIBRARY(herd, m) {
   m.def(
       "decode_block(Tensor h, Tensor attention_norm, Tensor ffn_norm, float eps, Tensor[] wqkv, Tensor[] wo, "
       "Tensor[] w13, Tensor[] w2, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, "
-      "Tensor? mask, int n_heads, int n_kv_heads) -> Tensor");
+      "Tensor? mask, int n_heads, int n_kv_heads, Tensor? row_pos=None) -> Tensor");
   m.def("dequantize_rows(Tensor qweight, Tensor scales, Tensor? mins, int n0, int n1) -> Tensor");
-  m.def("cache_attend(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? mask, int n_heads, int n_kv_heads) -> Tensor");
+  m.def(
+      "cache_attend(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? mask, int n_heads, "
+      "int n_kv_heads, Tensor? row_pos=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(herd, CPU, m) {
