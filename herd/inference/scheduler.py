@@ -111,8 +111,8 @@ class Scheduler:
 
         `herd serve` runs it in the main thread and the web server in another: the thread that loaded the model
         has an OpenMP thread team already, and a second team on a second thread makes libgomp manage more threads
-        than there are cores, so its workers stop spinning between parallel regions: on 2 cores that cost about 40%
-        of the decode speed (64 steps in 1.66 s instead of 0.95 s)."""
+        than there are cores, so its workers stop spinning between parallel regions and every region pays for
+        waking them (see benchmarks/README.md, serving)."""
         self.model.setup_caches(self.max_batch, self.max_seq_len)
         try:
             self._loop(until)

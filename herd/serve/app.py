@@ -239,8 +239,8 @@ def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread
             raise APIError(429, f"server busy: {e}", kind="rate_limit_error", headers={"Retry-After": "1"}) from None
         except AgentTimeout as e:
             raise APIError(504, str(e), kind="timeout") from None
-        except HerdError as e:
-            raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
+        except HerdError as e:  # a turn that outgrew the context, a dialog the chat format cannot encode
+            raise APIError(400, str(e), param="messages") from None
         metrics.request("chat")
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": options.model_name}
         extension = {"herd": {"tool_steps": out["steps"]}}
