@@ -277,8 +277,12 @@ def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread
 
             async def chunks() -> AsyncIterator[str]:
                 for p, job in enumerate(jobs):
+                    emitted = [0] * body.n  # characters streamed per choice: logprobs' text_offset counts from there
                     async for i, event in job.events(request):
-                        lp = _completion_logprobs(tokenizer, [event]) if body.logprobs is not None else None
+                        lp = None
+                        if body.logprobs is not None:
+                            lp = _completion_logprobs(tokenizer, [event], start=emitted[i])
+                            emitted[i] += sum(map(len, lp["tokens"]))
                         reason = event.finished.finish_reason if event.finished else None
                         choice = {"index": p * body.n + i, "text": event.text, "logprobs": lp, "finish_reason": reason}
                         yield _sse({**base, "object": "text_completion", "choices": [choice]})
@@ -496,10 +500,11 @@ def _chat_logprob(tokenizer: Any, event: TokenEvent) -> dict[str, Any]:
     return entry
 
 
-def _completion_logprobs(tokenizer: Any, events: list[TokenEvent]) -> dict[str, Any]:
+def _completion_logprobs(tokenizer: Any, events: list[TokenEvent], start: int = 0) -> dict[str, Any]:
+    """The completions API's logprobs of `events`; text_offset counts from `start` characters into the text."""
     kept = [e for e in events if e.token >= 0]
     tokens = [tokenizer.decode([e.token]) for e in kept]
-    offsets, at = [], 0
+    offsets, at = [], start
     for t in tokens:
         offsets.append(at)
         at += len(t)

@@ -134,6 +134,12 @@ def test_plain_completions_and_the_model_list(client) -> None:
     a = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0)
     b = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0)
     assert a.choices[0].text == b.choices[0].text and a.usage.completion_tokens == 6
+    chunks = list(client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6,
+                                            temperature=0, stream=True, logprobs=2))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks) == a.choices[0].text
+    offsets = [o for c in chunks for o in c.choices[0].logprobs.text_offset]
+    tokens = [t for c in chunks for t in c.choices[0].logprobs.tokens]
+    assert offsets == [sum(map(len, tokens[:k])) for k in range(len(tokens))]
 
 
 @pytest.mark.parametrize(
