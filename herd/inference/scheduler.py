@@ -71,19 +71,6 @@ class _Running:
     counts: torch.Tensor | None
 
 
-@dataclass
-class SchedulerStats:
-    """Live numbers for /metrics; read without a lock (each is one int or float assignment)."""
-
-    running: int = 0
-    queued: int = 0
-    steps: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    finished: int = 0
-    cancelled: int = 0
-
-
 class Scheduler:
     """Continuous batching over an Engine's DecodeModel. `start()` runs the loop in a daemon thread."""
 
@@ -95,7 +82,6 @@ class Scheduler:
         self.engine, self.model = engine, engine.model
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_seq_len = min(max_seq_len, self.model.args.max_seq_len)
-        self.stats = SchedulerStats()
         self.on_event: Callable[[Request, bool, bool], None] | None = None
         """Metrics hook, called on the scheduler thread for each generated token: (request, first, finished)."""
         self._queue: deque[Request] = deque()
@@ -131,24 +117,37 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def check(self, prompt_tokens: int) -> None:
-        """Raises InferenceError if a prompt this long cannot run (the caller answers 400)."""
-        if prompt_tokens == 0:
+    @property
+    def running(self) -> int:
+        """Requests in the running batch (read by /metrics from another thread: a len, no lock needed)."""
+        return len(self._rows)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a row."""
+        return len(self._queue)
+
+    def check(self, prompt: list[int]) -> None:
+        """Raises InferenceError if this prompt cannot run: empty, too long for the context, or holding an id
+        outside the vocabulary (the caller answers 400)."""
+        if not prompt:
             raise InferenceError("the prompt is empty")
-        if prompt_tokens >= self.max_seq_len:
+        if len(prompt) >= self.max_seq_len:
             raise InferenceError(
-                f"the prompt has {prompt_tokens} tokens; this server's context is {self.max_seq_len} tokens "
+                f"the prompt has {len(prompt)} tokens; this server's context is {self.max_seq_len} tokens "
                 "(prompt and completion together)"
             )
+        vocab = self.model.args.vocab_size
+        if bad := [t for t in prompt if not 0 <= t < vocab]:
+            raise InferenceError(f"token id {bad[0]} is outside the vocabulary (size {vocab})")
 
     def submit(self, request: Request) -> None:
         """Queue a request; raises QueueFull when max_queue requests are waiting already."""
-        self.check(len(request.prompt))
+        self.check(request.prompt)
         with self._cv:
             if len(self._queue) >= self.max_queue and len(self._rows) + len(self._queue) >= self.max_batch:
                 raise QueueFull(f"{len(self._queue)} requests are waiting (--max-queue {self.max_queue})")
             self._queue.append(request)
-            self.stats.queued = len(self._queue)
             self._cv.notify()
 
     # -- the scheduler thread ---------------------------------------------------------------------
@@ -163,14 +162,13 @@ class Scheduler:
                 admitted: list[Request] = []
                 while self._queue and len(self._rows) + len(admitted) < self.max_batch:
                     admitted.append(self._queue.popleft())
-                self.stats.queued = len(self._queue)
             free = (r for r in range(self.max_batch) if r not in self._rows)
             for request, slot in zip(admitted, free, strict=False):
                 if not request.cancelled.is_set():
                     self._guard(request, self._admit, request, slot)
             for slot, state in list(self._rows.items()):
                 if state.request.cancelled.is_set():
-                    self._release(slot, cancelled=True)
+                    del self._rows[slot]
             if self._rows:
                 self._step()
 
@@ -181,16 +179,13 @@ class Scheduler:
             for slot, state in list(self._rows.items()):
                 if state.request is request:
                     del self._rows[slot]
-            self.stats.running = len(self._rows)
             if request.on_error is not None:
                 request.on_error(e)
 
     @torch.inference_mode()
     def _admit(self, request: Request, slot: int) -> None:
-        prompt, params = request.prompt, request.params
+        prompt, params = request.prompt, request.params  # checked by submit()
         vocab = self.model.args.vocab_size
-        if bad := [t for t in prompt if not 0 <= t < vocab]:
-            raise InferenceError(f"token id {bad[0]} is outside the vocabulary (size {vocab})")
         P = len(prompt)
         tokens = torch.tensor([prompt])
         logits = self.engine._prefill(tokens, torch.arange(P)[None], torch.ones(1, P, dtype=torch.bool), slot)[0]
@@ -202,8 +197,6 @@ class Scheduler:
             counts = torch.zeros(vocab)
         state = _Running(request, Row(0, prompt, params, self.engine.tokenizer), P, -1, seen, counts)
         self._rows[slot] = state
-        self.stats.prompt_tokens += P
-        self.stats.running = len(self._rows)
         self._next(slot, state, logits)
 
     @torch.inference_mode()
@@ -220,9 +213,7 @@ class Scheduler:
                 del self._rows[slot]
                 if state.request.on_error is not None:
                     state.request.on_error(e)
-            self.stats.running = 0
             return
-        self.stats.steps += 1
         for slot, state in list(self._rows.items()):
             state.pos += 1
             self._guard(state.request, self._next, slot, state, logits_BV[slot])
@@ -262,7 +253,6 @@ class Scheduler:
         if state.counts is not None:
             state.counts[token] += 1
         request.tokens += 1
-        self.stats.generated_tokens += 1
         if event.finished is None and state.pos + 1 >= self.max_seq_len:
             request.emit(event)  # the context is full: no slot for another token
             event = row.truncate() or event
@@ -273,15 +263,7 @@ class Scheduler:
     def _emit(self, slot: int, state: _Running, event: TokenEvent) -> None:
         state.request.emit(event)
         if event.finished is not None:
-            self._release(slot, cancelled=False)
-
-    def _release(self, slot: int, *, cancelled: bool) -> None:
-        del self._rows[slot]
-        self.stats.running = len(self._rows)
-        if cancelled:
-            self.stats.cancelled += 1
-        else:
-            self.stats.finished += 1
+            del self._rows[slot]
 
     _token_texts: list[str] | None = None
 

@@ -45,7 +45,7 @@ def run_builtin_agent(
 
     def complete(messages: list[dict[str, Any]]) -> str:
         prompt = tokenizer.encode_chat(messages)
-        scheduler.check(len(prompt))
+        scheduler.check(prompt)
         params = body.sampling_params(scheduler.max_seq_len - len(prompt), logprobs=False)[0]
         events: queue.SimpleQueue[TokenEvent | BaseException] = queue.SimpleQueue()
         request = Request(prompt, params, events.put, on_error=events.put, presence_penalty=body.presence_penalty,

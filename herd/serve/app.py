@@ -236,7 +236,7 @@ def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread
             )
             out = await asyncio.to_thread(run, scheduler, tokenizer, builtins, fmt, body)
         except QueueFull as e:
-            raise APIError(429, f"server busy: {e}", kind="rate_limit_error", headers={"Retry-After": "1"}) from None
+            raise _busy(e) from None
         except AgentTimeout as e:
             raise APIError(504, str(e), kind="timeout") from None
         except HerdError as e:  # a turn that outgrew the context, a dialog the chat format cannot encode
@@ -377,7 +377,6 @@ class _Job:
         self.requests = [
             GenRequest(prompt, p, self._emitter(i), on_error=self._emitter(i), **extra) for i, p in enumerate(params)
         ]
-        self.generated = 0
 
     def _emitter(self, i: int) -> Callable[[Any], None]:
         def emit(item: TokenEvent | BaseException) -> None:  # called on the scheduler thread
@@ -408,8 +407,6 @@ class _Job:
             if isinstance(item, BaseException):
                 self.cancel()
                 raise APIError(500, f"generation failed: {type(item).__name__}: {item}", kind="server_error")
-            if item.token >= 0:
-                self.generated += 1
             if item.finished is not None:
                 running -= 1
             yield i, item
@@ -426,8 +423,9 @@ class _Job:
         return [(c, e) for c, e in zip(done, events, strict=True) if c is not None]
 
     def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": len(self.prompt), "completion_tokens": self.generated,
-                "total_tokens": len(self.prompt) + self.generated}  # fmt: skip
+        generated = sum(r.tokens for r in self.requests)  # counted by the scheduler, the stop token included
+        return {"prompt_tokens": len(self.prompt), "completion_tokens": generated,
+                "total_tokens": len(self.prompt) + generated}  # fmt: skip
 
     async def guard(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
         """A streamed body that cancels the generation when it stops early (client gone, error)."""
@@ -458,7 +456,7 @@ def _sum_usage(jobs: list[_Job]) -> dict[str, int]:
 def _submit(scheduler: Scheduler, body: Any, prompt: list[int], options: ServeOptions, *,
             constraint: JsonConstraint | None = None, logprobs: bool, top_logprobs: int) -> _Job:  # fmt: skip
     try:
-        scheduler.check(len(prompt))
+        scheduler.check(prompt)
     except HerdError as e:
         raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
     try:
@@ -477,8 +475,12 @@ def _submit(scheduler: Scheduler, body: Any, prompt: list[int], options: ServeOp
     except QueueFull as e:
         for r in submitted:
             r.cancelled.set()
-        raise APIError(429, f"server busy: {e}", kind="rate_limit_error", headers={"Retry-After": "1"}) from None
+        raise _busy(e) from None
     return job
+
+
+def _busy(e: QueueFull) -> APIError:
+    return APIError(429, f"server busy: {e}", kind="rate_limit_error", headers={"Retry-After": "1"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,11 +27,9 @@ class Metrics:
                               buckets=_LATENCY_BUCKETS)  # fmt: skip
         self.speed = Histogram("herd_request_tokens_per_second", "Tokens per second of each finished request",
                                registry=r, buckets=_SPEED_BUCKETS)  # fmt: skip
-        Gauge("herd_queue_depth", "Requests waiting for a batch row", registry=r).set_function(
-            lambda: scheduler.stats.queued
-        )
+        Gauge("herd_queue_depth", "Requests waiting for a batch row", registry=r).set_function(lambda: scheduler.queued)
         Gauge("herd_running_requests", "Requests in the running batch", registry=r).set_function(
-            lambda: scheduler.stats.running
+            lambda: scheduler.running
         )
         scheduler.on_event = self._on_event
 
