@@ -14,6 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from herd.errors import HerdError
+from herd.safety.codeshield import add_codeshield_parser
+from herd.safety.commands import add_guard_parser
+from herd.safety.system_eval import add_safety_parser
+
+UNSAFE_NO_SANDBOX = "--unsafe-no-sandbox"
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -121,11 +126,13 @@ def cmd_chat(a: argparse.Namespace) -> None:
 
     loaded = _load(a)
     tok, engine = loaded.tokenizer, _engine(a, loaded)
+    shield = _shield(a)
     interactive = sys.stdin.isatty()
     dtype = str(loaded.model.dtype).removeprefix("torch.")
+    guarded = f" Shields: {shield.guard.name}." if shield else ""
     print(
         f"herd chat: {loaded.name} ({loaded.format}, {dtype}, quant {loaded.model.quant}, loaded in "
-        f"{loaded.load_s:.1f}s). /reset clears, /exit quits."
+        f"{loaded.load_s:.1f}s).{guarded} /reset clears, /exit quits."
     )
     system = [{"role": "system", "content": a.system}] if a.system else []
     history = list(system)
@@ -147,18 +154,42 @@ def cmd_chat(a: argparse.Namespace) -> None:
             history = list(system)
             print("(history cleared)")
             continue
-        history.append({"role": "user", "content": line})
+        turn = {"role": "user", "content": line}
+        if shield and (checked := shield.check_input([*history, turn])).blocked:
+            print(f"assistant> {checked.message}\n(input shield: {', '.join(checked.categories) or 'unparsable'})")
+            continue  # the model never sees a blocked request, and it stays out of the history
+        history.append(turn)
         prompt = tok.encode_chat(history)
         print("assistant> ", end="", flush=True)
         stats = StreamStats()
         reply = None
         for event in engine.stream([prompt], _sampling_params(a)):
             stats.tick()
-            print(event.text, end="", flush=True)
+            if not shield:  # with an output shield nothing is shown before the whole reply has been checked
+                print(event.text, end="", flush=True)
             reply = event.finished or reply
+        text = reply.text if reply else ""
+        if shield:
+            checked = shield.check_output(history, text)
+            text = checked.message if checked.blocked else text
+            print(
+                text
+                + (f"\n(output shield: {', '.join(checked.categories) or 'unparsable'})" if checked.blocked else ""),
+                end="",
+            )
         print()
         print(stats.line(len(prompt)))
-        history.append({"role": "assistant", "content": reply.text if reply else ""})
+        history.append({"role": "assistant", "content": text})
+
+
+def _shield(a: argparse.Namespace):
+    """The input and output shields `--guard` asks for (None without it)."""
+    if a.guard is None:
+        return None
+    from herd.safety.guard import Guard
+    from herd.safety.shield import Shield
+
+    return Shield(Guard.load(a.guard or None))
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
@@ -181,7 +212,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
         builtin_tools=a.builtin_tools,
         index=a.index,
     )
-    app = create_app(loaded, options, scheduler_thread=False)
+    app = create_app(loaded, options, scheduler_thread=False, shield=_shield(a))
     url = f"http://{a.host}:{a.port}"
     dtype = str(loaded.model.dtype).removeprefix("torch.")
     key = " -H 'Authorization: Bearer $HERD_API_KEY'" if options.api_key else ""
@@ -504,6 +535,11 @@ _LAYOUT_FLAGS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herd", description="The Llama 3 recipe: train, convert, run models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        UNSAFE_NO_SANDBOX,
+        action="store_true",
+        help="run model-written code without the bubblewrap sandbox where it is unavailable (NOT isolated)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="continue a prompt")
@@ -515,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="multi-turn chat (reads lines from stdin when piped)")
     p.add_argument("--system", default=None, help="system message")
+    guard_help = "input and output shields: a Llama Guard checkpoint, or herd's own guard without MODEL"
+    p.add_argument("--guard", nargs="?", const="", default=None, metavar="MODEL", help=guard_help)
     _sampling_args(p, max_new_tokens=512)
     p.set_defaults(func=cmd_chat)
 
@@ -537,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--index", default=None, help="with --builtin-tools: offline search index (`herd index build`)")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
+    p.add_argument("--guard", nargs="?", const="", default=None, metavar="MODEL", help=guard_help)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("agent", help="answer with the built-in tools (code interpreter, search, Wolfram Alpha)")
@@ -547,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-code", action="store_true", help="do not offer the code interpreter")
     _sampling_args(p, max_new_tokens=256)
     p.set_defaults(func=cmd_agent)
+
+    add_guard_parser(sub)
+    add_codeshield_parser(sub)
+    add_safety_parser(sub)
 
     p = sub.add_parser("index", help="the offline search index of agents")
     isub = p.add_subparsers(dest="index_command", required=True)
@@ -705,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if UNSAFE_NO_SANDBOX in argv:  # accepted anywhere on the line, as it is about every command that runs code
+        from herd.tools.sandbox import allow_unsandboxed
+
+        allow_unsandboxed(True)
+        argv = [x for x in argv if x != UNSAFE_NO_SANDBOX]
     a, extra = parser.parse_known_args(argv)
     # Config-driven commands take `--section.key=value` overrides; anything else unknown is an error.
     a.overrides = (

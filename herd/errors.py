@@ -34,3 +34,7 @@ class TrainError(HerdError):
 
 class ToolError(HerdError):
     """A tool call that cannot run: an unknown tool, arguments that do not fit its schema, or a failed execution."""
+
+
+class SafetyError(HerdError):
+    """Bad guard or safety input (a dialog, a categories file, a guard's unparsable answer) or an unsafe setting."""

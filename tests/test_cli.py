@@ -211,3 +211,16 @@ def test_tokenizer_train_writes_a_tokenizer_every_command_loads(tmp_path, capsys
     code, _, err = run(capsys, "tokenizer", "train", "--input", str(tmp_path / "c.jsonl"), "--vocab-size", "300",
                        "--out", str(tmp_path / "t2"))  # fmt: skip
     assert code == 1 and "vocab_size 300" in err
+
+
+def test_unsafe_no_sandbox_is_accepted_anywhere_and_only_then_allows_running_unisolated(monkeypatch, capsys) -> None:
+    from herd.tools import sandbox
+
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "/nonexistent/bwrap")  # as on a machine without bubblewrap
+    monkeypatch.setattr(sandbox, "_unsandboxed_allowed", False)
+    with pytest.raises(sandbox.ToolError, match="refusing to run model-written code without a sandbox"):
+        sandbox.run_python("print(1)")
+    code, _, _ = run(capsys, "model", "info", "tiny", "--unsafe-no-sandbox")
+    assert code == 0
+    with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
+        assert sandbox.run_python("print(1)").stdout == "1\n"

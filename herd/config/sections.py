@@ -72,6 +72,8 @@ class LoraSection:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
+    last_layers: int = 0
+    """> 0: adapters on the last that many blocks only (the backward pass stops there: faster); 0: every block."""
 
 
 @dataclass(kw_only=True, slots=True)

@@ -49,6 +49,8 @@ class Completion:
     """"stop" (stop token or string) or "length" (max_new_tokens or the context limit)."""
     stop_reason: int | str | None = None
     """The stop token id or stop string that ended generation."""
+    first_step_logprobs: torch.Tensor | None = None
+    """(V,) log-probabilities at the first step (temperature 1, before penalties), when the params ask for them."""
 
 
 @dataclass
@@ -240,6 +242,8 @@ class Engine:
                     if row.done:
                         continue
                     i = row.index
+                    if slot == P and row.params.first_step_logprobs:
+                        row.completion.first_step_logprobs = logits_BV[i].float().log_softmax(dim=-1)
                     token = sample_token(logits_BV[i], row.params, row.generator, None if seen is None else seen[i])
                     chosen[i] = token
                     logprob = float(logprobs_BV[i, token]) if logprobs_BV is not None else None
@@ -316,6 +320,8 @@ class Engine:
             tokens = torch.tensor([prompt], device=device)
             positions = torch.arange(P, device=device)[None]
             logits_JV = self._prefill(tokens, positions, torch.ones(1, P, dtype=torch.bool, device=device))
+            if params.first_step_logprobs:
+                row.completion.first_step_logprobs = logits_JV[0].float().log_softmax(dim=-1)
             new_tokens = [sample_token(logits_JV[0], params, row.generator, seen_V)]
             context = list(prompt)  # prompt and accepted tokens; the cache holds all but the newest
             while True:

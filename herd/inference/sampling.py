@@ -28,6 +28,9 @@ class SamplingParams:
     """Same seed, same prompt, same settings -> same output, whatever else is in the batch."""
     logprobs: bool = False
     """Return the model's log-probability of each generated token (temperature 1, before penalties)."""
+    first_step_logprobs: bool = False
+    """Keep the log-probabilities of the whole vocabulary at the first step (`Completion.first_step_logprobs`):
+    classifiers such as Llama Guard read a verdict token's probability there."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -60,8 +60,10 @@ def apply_lora(
     alpha: float,
     dropout: float = 0.0,
     targets: Sequence[str] = DEFAULT_TARGETS,
+    last_layers: int = 0,
 ) -> int:
     """Add adapters to the linears in `model.layers` whose attribute name is in `targets`; freeze the rest.
+    `last_layers` > 0 adapts only the last that many blocks: the backward pass then stops at the first of them.
 
     Returns the number of trainable parameters (the adapters'). Raises ModelError on a bad rank, alpha or
     dropout, a target that names no linear layer, or a model that already has LoRA.
@@ -74,12 +76,16 @@ def apply_lora(
         raise ModelError(f"lora: dropout must be in [0, 1), got {dropout}")
     if not targets:
         raise ModelError("lora: targets is empty")
+    if not 0 <= last_layers <= len(model.layers):
+        raise ModelError(f"lora: last_layers must be in [0, {len(model.layers)}], got {last_layers}")
     if has_lora(model):
         raise ModelError("lora: the model already has LoRA layers; merge_lora them first")
     found = [
         (name, m)
         for name, m in model.layers.named_modules()
-        if isinstance(m, nn.Linear) and name.rpartition(".")[2] in targets
+        if isinstance(m, nn.Linear)
+        and name.rpartition(".")[2] in targets
+        and (not last_layers or int(name.partition(".")[0]) >= len(model.layers) - last_layers)
     ]
     missing = sorted(set(targets) - {name.rpartition(".")[2] for name, _ in found})
     if missing:

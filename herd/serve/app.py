@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from herd.errors import HerdError
 from herd.inference.constrain import JsonConstraint
@@ -31,6 +32,7 @@ from herd.inference.load import LoadedDecoder
 from herd.inference.sampling import SamplingParams
 from herd.inference.scheduler import QueueFull, Scheduler
 from herd.inference.scheduler import Request as GenRequest
+from herd.safety.shield import Shield
 from herd.serve import chat
 from herd.serve.agent import AgentTimeout, run_builtin_agent
 from herd.serve.metrics import Metrics
@@ -72,9 +74,16 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
-def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread: bool = True) -> FastAPI:
+def create_app(
+    loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread: bool = True, shield: Shield | None = None
+) -> FastAPI:
     """The app for one loaded model. Its scheduler (`app.state.scheduler`) runs in a thread that starts and stops
-    with the app's lifespan, or, with `scheduler_thread=False`, wherever the caller runs `scheduler.run()`."""
+    with the app's lifespan, or, with `scheduler_thread=False`, wherever the caller runs `scheduler.run()`.
+
+    With a `shield`, chat requests pass Llama Guard both ways: a blocked request is answered with the shield's
+    refusal (finish_reason "content_filter") without reaching the model, and a blocked reply is replaced. A
+    streamed reply is then held back until the output shield has judged all of it: nothing unchecked reaches
+    the client, at the cost of streaming (the text arrives in one chunk at the end)."""
     tokenizer = loaded.tokenizer
     scheduler = Scheduler(
         Engine(loaded.model, tokenizer),
@@ -157,6 +166,15 @@ def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
+        dialog = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        if shield is not None:
+            try:
+                checked = await run_in_threadpool(shield.check_input, dialog)
+            except HerdError as e:
+                raise APIError(400, str(e), param="messages") from None
+            if checked.blocked:
+                metrics.request("chat")
+                return refusal(body, checked.message, checked.categories)
         if builtins is not None and not body.tools and body.tool_choice != "none":
             return await agent_completion(body)
         tools = body.tools if body.tools and body.tool_choice != "none" else None
@@ -174,11 +192,13 @@ def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread
         metrics.request("chat")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
 
-        def finish(c: Completion) -> tuple[dict[str, Any], str]:
+        async def finish(c: Completion) -> tuple[dict[str, Any], str]:
             text = prefix + c.text + ("}" if forced and c.finish_reason == "stop" else "")
             calls = chat.parse_tool_calls(text, fmt, names) if tools else []
             if calls:
                 return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+            if shield is not None and (checked := await run_in_threadpool(shield.check_output, dialog, text)).blocked:
+                return {"role": "assistant", "content": checked.message}, "content_filter"
             return {"role": "assistant", "content": text}, c.finish_reason or "stop"
 
         def logprobs(events: list[TokenEvent]) -> dict[str, Any] | None:
@@ -186,7 +206,8 @@ def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread
 
         base = {"id": completion_id, "created": int(time.time()), "model": options.model_name}
         if body.stream:
-            buffer = tools is not None or forced is not None  # a call is known only once its text is complete
+            # A call is known only once its text is complete; a reply is shown only once the shield has judged it.
+            buffer = tools is not None or forced is not None or shield is not None
             usage = body.stream_options is not None and body.stream_options.include_usage
 
             async def chunks() -> AsyncIterator[str]:
@@ -206,7 +227,7 @@ def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread
                             [{"index": i, "delta": {"content": event.text}, "logprobs": lp, "finish_reason": None}]
                         )
                     if event.finished is not None:
-                        message, reason = finish(event.finished)
+                        message, reason = await finish(event.finished)
                         delta = {k: v for k, v in message.items() if k != "role" and v is not None} if buffer else {}
                         for n, call in enumerate(delta.get("tool_calls", [])):
                             call["index"] = n
@@ -220,9 +241,30 @@ def create_app(loaded: LoadedDecoder, options: ServeOptions, *, scheduler_thread
         results = await job.collect(request)
         choices = []
         for i, (completion, events) in enumerate(results):
-            message, reason = finish(completion)
+            message, reason = await finish(completion)
             choices.append({"index": i, "message": message, "logprobs": logprobs(events), "finish_reason": reason})
         return {**base, "object": "chat.completion", "choices": choices, "usage": job.usage()}
+
+    def refusal(body: ChatCompletionRequest, text: str, categories: tuple[str, ...]) -> Any:
+        """The input shield's answer, shaped like a completion; the model saw nothing, so usage is zero."""
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": options.model_name}
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        extension = {"herd_shield": {"side": "input", "categories": list(categories)}}
+        message = {"role": "assistant", "content": text}
+        if not body.stream:
+            choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": "content_filter"}
+                       for i in range(body.n)]  # fmt: skip
+            return {**base, "object": "chat.completion", "choices": choices, "usage": usage, **extension}
+
+        async def chunks() -> AsyncIterator[str]:
+            for i in range(body.n):
+                delta = {"index": i, "delta": message, "logprobs": None, "finish_reason": "content_filter"}
+                yield _sse({**base, "object": "chat.completion.chunk", "choices": [delta], **extension})
+            if body.stream_options is not None and body.stream_options.include_usage:
+                yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
 
     async def agent_completion(body: ChatCompletionRequest) -> Any:
         assert builtins is not None  # called only with --builtin-tools

@@ -1,7 +1,7 @@
-"""Tools a model calls: the code interpreter (a resource-limited Python subprocess), offline BM25 search, the
+"""Tools a model calls: the code interpreter (Python in a bubblewrap sandbox), offline BM25 search, the
 tool-call protocol (definitions, system prompts, parsing, argument checks, execution) and the built-in tools.
 
-- sandbox.py: `run_python`, the code interpreter;
+- sandbox.py: `run_python`, the code interpreter; `allow_unsandboxed`, the opt-out where bubblewrap is missing;
 - search.py: `SearchIndex`, BM25 over given documents;
 - calls.py: `Tool`, `tool_system_prompt`, `parse_tool_call` / `read_tool_call`, `check_arguments`,
   `execute_tool_call`, in the "json" and "llama3" chat formats;
@@ -19,7 +19,7 @@ from herd.tools.calls import (
     read_tool_call,
     tool_system_prompt,
 )
-from herd.tools.sandbox import SandboxResult, run_python
+from herd.tools.sandbox import SandboxResult, allow_unsandboxed, run_python
 from herd.tools.search import SearchIndex
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "SandboxResult",
     "SearchIndex",
     "Tool",
+    "allow_unsandboxed",
     "check_arguments",
     "default_docs",
     "execute_tool_call",

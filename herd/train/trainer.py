@@ -112,7 +112,8 @@ class Trainer:
             if self.world_size > 1:
                 raise TrainError("lora.rank > 0 trains in one process; launch without torchrun or set lora.rank=0")
             lo = cfg.lora
-            apply_lora(transformer, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, targets=lo.targets)
+            apply_lora(transformer, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, targets=lo.targets,
+                       last_layers=lo.last_layers)  # fmt: skip
         self.transformer = transformer
         self.model = objective.wrap(transformer).to(self.device)
         objective.sparse_logits = self.dims.tp == 1 and self.dims.pp == 1

@@ -136,3 +136,19 @@ def test_bad_arguments_raise_model_error_naming_the_value(model) -> None:
     apply_lora(model, rank=4, alpha=8)
     with pytest.raises(ModelError, match="already has LoRA"):
         apply_lora(model, rank=2, alpha=8)
+
+
+def test_last_layers_adapts_only_the_last_blocks_and_stops_the_backward_there(model) -> None:
+    apply_lora(model, rank=4, alpha=8, last_layers=1)
+    assert not any(isinstance(m, LoRALinear) for m in model.layers["0"].modules())
+    assert all(isinstance(getattr(model.layers["1"].attention, t), LoRALinear) for t in ("wq", "wk", "wv", "wo"))
+    randomize_adapters(model)
+    needs_grad: dict[str, bool] = {}
+    for name in ("0", "1"):
+        model.layers[name].register_forward_hook(
+            lambda _m, _i, out, name=name: needs_grad.update({name: out.requires_grad})
+        )
+    F.cross_entropy(model(tokens()).flatten(0, 1), tokens().flatten()).backward()
+    assert needs_grad == {"0": False, "1": True}  # autograd records nothing below the first adapted block
+    with pytest.raises(ModelError, match="last_layers must be in"):
+        apply_lora(build_model(ARGS), rank=4, alpha=8, last_layers=3)

@@ -1,9 +1,13 @@
 import os
+import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from herd.tools import run_python
+from herd.errors import ToolError
+from herd.tools import run_python, sandbox
 
 
 def test_a_clean_run_returns_its_output() -> None:
@@ -82,3 +86,115 @@ def test_output_is_cut_at_the_bound() -> None:
 def test_invalid_limits_are_rejected() -> None:
     with pytest.raises(ValueError, match="timeout=0"):
         run_python("pass", timeout=0)
+
+
+def _visible_for_python(path: str) -> bool:
+    """Whether the sandbox shows `path` because the Python running herd lives there or below it."""
+    return any(p == path or p.startswith(path.rstrip("/") + "/") for p in (sys.prefix, sys.base_prefix))
+
+
+def test_the_network_is_unreachable() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        code = f"""
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {server.getsockname()[1]}), timeout=2)
+    print("connected")
+except OSError as e:
+    print(type(e).__name__)
+"""
+        result = run_python(code)
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing ever connected
+            server.accept()
+    assert result.ok and result.stdout == "ConnectionRefusedError\n"  # its own loopback, with no server on it
+
+
+def test_files_outside_the_sandbox_cannot_be_read(tmp_path: Path) -> None:
+    secret = tmp_path / "home" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("s3cret")
+    paths = [str(secret), __file__, "/etc/passwd", "/home", *(str(p) for p in Path.home().iterdir())]
+    paths = [p for p in paths if os.path.exists(p) and not _visible_for_python(p)]
+    assert str(secret) in paths and __file__ in paths
+    result = run_python(f"import os\nprint([p for p in {paths!r} if os.path.exists(p)])")
+    assert result.ok and result.stdout == "[]\n"
+
+
+def test_nothing_outside_its_tmp_is_writable(tmp_path: Path) -> None:
+    targets = [str(tmp_path / "out.txt"), "/etc/herd-out.txt", "/usr/herd-out.txt", f"{sys.prefix}/herd-out.txt"]
+    targets += ["/herd-out.txt", "/dev/herd-out.txt"]
+    code = f"""
+import os
+written = []
+for path in [*{targets!r}, os.environ["TMPDIR"] + "/ok.txt"]:
+    try:
+        open(path, "w").write("x")
+        written.append(os.path.basename(path))
+    except OSError:
+        pass
+print(written)
+"""
+    result = run_python(code)
+    on_host = [t for t in targets if os.path.exists(t)]
+    for target in on_host:  # clean up after a broken sandbox
+        os.remove(target)
+    assert on_host == []
+    assert result.ok and result.stdout == "['ok.txt']\n"
+
+
+def test_a_fork_bomb_is_capped_at_the_process_limit() -> None:
+    # Every child sleeps, so this stays harmless to the host even without the cap (64 tasks).
+    code = """
+import os, time
+n = 0
+try:
+    for _ in range(1000):
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except BlockingIOError:
+    pass
+print(n)
+"""
+    start = time.monotonic()
+    result = run_python(code, timeout=10.0)
+    assert time.monotonic() - start < 5.0  # the sleeping children die with the run
+    assert result.ok and 0 < int(result.stdout) < 64
+
+
+def test_a_child_that_calls_setsid_is_killed_with_the_run() -> None:
+    # The child leaves the process group and keeps writing to the inherited stdout: had it survived the kill, its
+    # lines would show up (and reading the pipe would wait for it).
+    code = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    while True:
+        time.sleep(0.2)
+        print("alive", flush=True)
+print("hi", flush=True)
+"""
+    start = time.monotonic()
+    result = run_python(code, timeout=3.0)
+    assert time.monotonic() - start < 2.0
+    assert result.ok and result.stdout == "hi\n"
+
+
+@pytest.mark.parametrize("bwrap", ["/nonexistent/bwrap", "false"])  # missing; present but failing (like no userns)
+def test_without_a_working_bwrap_it_refuses_unless_allowed(bwrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sandbox.BWRAP_ENV, bwrap)
+    monkeypatch.delenv(sandbox.UNSANDBOXED_ENV, raising=False)
+    with pytest.raises(ToolError, match=r"apt-get install bubblewrap\) or pass --unsafe-no-sandbox"):
+        run_python("print('ran')")
+    monkeypatch.setenv(sandbox.UNSANDBOXED_ENV, "1")
+    with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
+        assert run_python("print('ran')").stdout == "ran\n"
+    monkeypatch.delenv(sandbox.UNSANDBOXED_ENV)
+    sandbox.allow_unsandboxed(True)
+    try:
+        with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
+            assert run_python("print('ran')").stdout == "ran\n"
+    finally:
+        sandbox.allow_unsandboxed(False)
