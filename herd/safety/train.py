@@ -16,13 +16,16 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from herd.errors import SafetyError
 from herd.fileio import atomic_file
-from herd.safety.categories import LLAMA_GUARD_3
-from herd.safety.data import GuardExample, build_guard_examples, split_by_source, summarize, write_jsonl
-from herd.safety.prompt import Verdict, dialog_turns, guard_answer, guard_prompt
+
+if TYPE_CHECKING:
+    from herd.safety.data import GuardExample
+
+# The data and prompt modules (and the tokenizers behind them) are imported where they are used: `herd`'s argument
+# parser reads GuardTrainSettings' defaults on every command, and should not pay for them.
 
 ADAPTER_DIR = Path(__file__).with_name("adapter")
 BASE_MODEL = "smollm2-135m-instruct"
@@ -69,6 +72,9 @@ def balanced_sample(examples: list[GuardExample], n: int, rng: random.Random) ->
 
 def sft_dialog(ex: GuardExample) -> dict[str, Any]:
     """One labelled example as an SFT dialog: the LG3 prompt as the user turn, the verdict as the answer."""
+    from herd.safety.categories import LLAMA_GUARD_3
+    from herd.safety.prompt import Verdict, dialog_turns, guard_answer, guard_prompt
+
     prompt = guard_prompt(dialog_turns(ex.dialog), LLAMA_GUARD_3, "lg3")
     answer = guard_answer(Verdict(not ex.unsafe, ex.categories))
     if ex.unsafe and not ex.categories:
@@ -86,6 +92,7 @@ def train_guard(
 
     from herd.config import load
     from herd.posttrain.sft import build_sft, format_start
+    from herd.safety.data import build_guard_examples, split_by_source, summarize, write_jsonl
 
     s = settings or GuardTrainSettings()
     out = Path(out_dir)
