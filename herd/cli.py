@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from herd.errors import HerdError
+from herd.eval.commands import add_eval_parser
+from herd.fileio import read_json
 from herd.safety.codeshield import add_codeshield_parser
 from herd.safety.commands import add_guard_parser
 from herd.safety.system_eval import add_safety_parser
@@ -284,7 +286,7 @@ def cmd_tokenize(a: argparse.Namespace) -> None:
     tok = load_tokenizer(source)
     mask = None
     if a.dialog is not None:
-        messages = _read_json_file(a.dialog)
+        messages = read_json(a.dialog, what="dialog")
         if not isinstance(messages, list):
             raise HerdError(f"{a.dialog}: expected a JSON list of messages")
         if isinstance(tok, Llama3Tokenizer):
@@ -328,15 +330,6 @@ def _flag_overrides(a: argparse.Namespace, flags: dict[str, str]) -> list[str]:
     these flags hold."""
     given = [f"{key}={json.dumps(getattr(a, flag))}" for flag, key in flags.items() if getattr(a, flag) is not None]
     return [*a.overrides, *given]
-
-
-def _read_json_file(path: str):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise HerdError(f"{path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise HerdError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_guard_parser(sub)
     add_codeshield_parser(sub)
     add_safety_parser(sub)
+    add_eval_parser(sub)
 
     p = sub.add_parser("index", help="the offline search index of agents")
     isub = p.add_subparsers(dest="index_command", required=True)
@@ -759,6 +753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.overrides = (
         [x for x in extra if x.startswith("--") and "=" in x] if getattr(a, "accepts_overrides", False) else []
     )
+    if getattr(a, "passthrough", False):  # `herd eval harness`: the rest of the line is lm-eval's
+        a.passthrough_args, extra = extra, []
     if unknown := [x for x in extra if x not in a.overrides]:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     func: Callable[[argparse.Namespace], None] = a.func

@@ -38,3 +38,7 @@ class ToolError(HerdError):
 
 class SafetyError(HerdError):
     """Bad guard or safety input (a dialog, a categories file, a guard's unparsable answer) or an unsafe setting."""
+
+
+class EvalError(HerdError):
+    """Bad eval data or settings: an eval file line, a result file, a judge that cannot be reached."""

@@ -1,13 +1,16 @@
 """Atomic file and directory writes: readers never see a half-written checkpoint, shard or tokenizer.
 
-Write to a temp file in the same directory, fsync, rename over the target, fsync the directory.
+Write to a temp file in the same directory, fsync, rename over the target, fsync the directory. Also the one JSON
+file reader of the commands that take a JSON file, so they all fail with the same one-line error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +84,18 @@ def atomic_dir(path: str | Path, *, error: type[HerdError] = HerdError) -> Itera
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_json(path: str | Path, *, what: str = "file", error: type[HerdError] = HerdError) -> Any:
+    """A JSON file's value (`-` reads stdin); unreadable or invalid input raises `error` naming the file, the
+    line and column, and `what` the file was meant to be."""
+    where = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        text = sys.stdin.read() if where == "<stdin>" else Path(path).read_text(encoding="utf-8")
+        return json.loads(text)
+    except OSError as e:
+        raise error(f"{where}: cannot read the {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{where}: the {what} is not UTF-8 text ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: the {what} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None

@@ -192,7 +192,7 @@ def test_tokenize_text_and_dialog(tmp_path, capsys) -> None:
     assert targets == 'brave_search.call(query="gold")<|eom_id|>About 2650 USD.<|eot_id|>'
     (tmp_path / "bad.json").write_text('[{"role": "user",\n "content": }]')
     code, _, err = run(capsys, "tokenize", "--dialog", str(tmp_path / "bad.json"))
-    assert code == 1 and "bad.json: invalid JSON at line 2" in err
+    assert code == 1 and "bad.json: the dialog is not valid JSON: Expecting value at line 2" in err
 
 
 def test_tokenizer_train_writes_a_tokenizer_every_command_loads(tmp_path, capsys) -> None:

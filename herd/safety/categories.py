@@ -8,13 +8,13 @@ published prompts (the Llama Guard 2 and 3 model cards; llama-stack's and llama-
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from herd.errors import SafetyError
+from herd.fileio import read_json
 
 _CODE = re.compile(r"^S[1-9][0-9]*$")
 
@@ -84,12 +84,7 @@ def load_categories(path: str | Path) -> tuple[Category, ...]:
     Codes default to S1, S2, ... in file order. Every problem is a one-line SafetyError naming the file and field.
     """
     path = Path(path)
-    try:
-        raw: Any = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SafetyError(f"{path}: cannot read the categories file ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SafetyError(f"{path}: not valid JSON ({e})") from None
+    raw: Any = read_json(path, what="categories file", error=SafetyError)
     if isinstance(raw, dict):
         if "categories" not in raw:
             raise SafetyError(f"{path}: expected a list of categories or an object with a 'categories' list")

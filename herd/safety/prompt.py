@@ -11,7 +11,6 @@ a guard that answers in an unexpected way is never read as "safe".
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import SafetyError
+from herd.fileio import read_json
 from herd.safety.categories import Category
 from herd.tokenizer import Tokenizer
 
@@ -66,16 +66,8 @@ def dialog_turns(messages: Sequence[Any], *, where: str = "dialog") -> list[Turn
 
 def read_dialog(path: str | Path) -> list[Turn]:
     """A dialog file: a JSON list of messages, or an object with a "messages" list (`-` reads stdin)."""
-    import sys
-
     where = "<stdin>" if str(path) == "-" else str(path)
-    try:
-        text = sys.stdin.read() if where == "<stdin>" else Path(path).read_text(encoding="utf-8")
-        raw = json.loads(text)
-    except OSError as e:
-        raise SafetyError(f"{where}: cannot read the dialog ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SafetyError(f"{where}: not valid JSON ({e})") from None
+    raw = read_json(path, what="dialog", error=SafetyError)
     if isinstance(raw, dict):
         if "messages" not in raw:
             raise SafetyError(f"{where}: expected a list of messages or an object with a 'messages' list")

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from herd.errors import SafetyError
 from herd.fileio import atomic_file
 from herd.safety.cases import CODE_PROMPTS, INTERPRETER_PROMPTS, max_injections_per_channel
-from herd.safety.system_parts import ChatModel, eval_code, eval_injection, eval_interpreter, eval_shields
 
-if TYPE_CHECKING:  # the guard module imports torch: `herd --help` must not wait for it
+if TYPE_CHECKING:  # the guard module imports torch and the parts the sandbox: `herd --help` must not wait for them
     from herd.safety.guard import Guard
+    from herd.safety.system_parts import ChatModel
 
 PARTS = ("code", "injection", "interpreter", "shields")
 FORMAT_VERSION = 1
@@ -74,6 +74,8 @@ def run_safety_eval(
     check_parts(parts)
     if guard is None and ({"injection", "shields"} & set(parts)):
         raise SafetyError(f"parts {', '.join(parts)}: injection and shields need a guard")
+    from herd.safety.system_parts import eval_code, eval_injection, eval_interpreter, eval_shields
+
     limits = {"n_code": (n_code, len(CODE_PROMPTS)), "n_injection": (n_injection, max_injections_per_channel())}
     limits |= {"n_interpreter": (n_interpreter, len(INTERPRETER_PROMPTS))}
     for name, (value, most) in limits.items():
@@ -216,6 +218,8 @@ def cmd_safety_eval(a: argparse.Namespace) -> None:
     check_parts(parts)
     if a.batch_size < 1:
         raise SafetyError(f"--batch-size {a.batch_size}: expected >= 1")
+    from herd.safety.system_parts import ChatModel
+
     chat = ChatModel.load(a.model, batch_size=a.batch_size)
     needs_guard = bool({"injection", "interpreter", "shields"} & set(parts))
     guard = load_guard(a.guard) if needs_guard else None

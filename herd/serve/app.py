@@ -166,8 +166,11 @@ def create_app(
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
-        dialog = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        dialog: list[dict[str, str]] = []  # what the shields judge; built only when there are shields
         if shield is not None:
+            dialog = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+            ]
             try:
                 checked = await run_in_threadpool(shield.check_input, dialog)
             except HerdError as e:

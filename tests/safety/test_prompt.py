@@ -202,7 +202,7 @@ def test_dialog_roles_map_to_user_and_agent() -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{", "d.json: not valid JSON"),
+        ("{", "d.json: the dialog is not valid JSON"),
         ("[]", "d.json: expected a non-empty list"),
         ('{"turns": []}', "d.json: expected a list of messages or an object with a 'messages' list"),
         ('[{"role": "bot", "content": "x"}]', r"d.json\[0\].role: 'bot' is not one of"),
@@ -238,7 +238,7 @@ def test_custom_categories_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("not json", "c.json: not valid JSON"),
+        ("not json", "c.json: the categories file is not valid JSON"),
         ("[]", "c.json: 'categories' must be a non-empty list"),
         ('[{"description": "x"}]', r"c.json: categories\[0\].name: must be a non-empty"),
         ('[{"name": "A", "code": "X1"}]', r"c.json: categories\[0\].code: 'X1' is not a category code"),
