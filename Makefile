@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml constraints.txt constraints-semgrep.txt
 	$(SEMGREP_VENV)/bin/pip install -q --disable-pip-version-check -c constraints-semgrep.txt semgrep==1.187.0
 	touch $(STAMP)
 
+# The whole recipe at laptop size (recipes/tiny.toml, a few minutes on 2 cores), then a chat with the model it made.
 demo: $(STAMP)
-	printf 'Hi! Who are you?\nGive me three tips for learning to cook.\n' | $(BIN)/herd chat --max-new-tokens 96
+	printf 'Hi! Who are you?\nWhat is the capital of France?\n' | $(BIN)/herd run recipes/tiny.toml --chat
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -445,6 +445,31 @@ def cmd_round(a: argparse.Namespace) -> None:
     print(format_done(run_round(load("round", a.config, a.overrides))))
 
 
+def cmd_run(a: argparse.Namespace) -> None:
+    from herd.recipe.commands import format_done, service_argv
+    from herd.recipe.runner import format_plan, run_recipe
+    from herd.recipe.spec import read_recipe
+
+    recipe = read_recipe(a.recipe, run_dir=a.dir)
+    planned = run_recipe(recipe, dry_run=a.dry_run, serve=a.serve, rerun=tuple(a.rerun))
+    if a.dry_run:
+        print(format_plan(recipe, planned))
+        return
+    print(format_done(recipe, planned), flush=True)
+    if a.chat:
+        from herd.recipe.commands import final_model
+
+        if (model := final_model(recipe)) is None:
+            raise HerdError(f"{recipe.path}: no stage made a model to chat with")
+        print(f"\nchatting with the model the recipe made: {model}", flush=True)
+        cmd_chat(parse(["chat", "--model", model, "--max-new-tokens", "48"]))
+    if a.serve:
+        argv = service_argv(planned)
+        if argv is None:
+            raise HerdError(f"{recipe.path}: --serve needs a serve stage ([stages.serve])")
+        cmd_serve(parse(argv))
+
+
 def cmd_ckpt_average(a: argparse.Namespace) -> None:
     from herd.formats.load import parse_dtype
     from herd.train.average import average_to, format_average
@@ -593,11 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text-field", default="text", help="the documents' text field (default text)")
     q.set_defaults(func=cmd_index_build)
 
-    p = sub.add_parser("convert", help="convert a checkpoint between Meta, HF and GGUF (read-only) formats")
+    p = sub.add_parser("convert", help="convert a checkpoint between Meta, HF and GGUF formats")
     p.add_argument("src", help="Meta or HF directory, .gguf file, or embedded model name")
-    p.add_argument("dst", help="new directory to write")
-    p.add_argument("--to", required=True, choices=["hf", "meta"])
-    p.add_argument("--dtype", default=None, help="cast weights (default: as stored; GGUF dequantizes to float32)")
+    p.add_argument("dst", help="new directory to write (for --to gguf: new .gguf file)")
+    p.add_argument("--to", required=True, choices=["hf", "meta", "gguf"])
+    p.add_argument(
+        "--dtype", default=None, help="float32, float16 or bfloat16 (default: as stored; GGUF reads and writes float32)"
+    )
     p.add_argument("--shards", type=int, default=1, help="model-parallel shards for --to meta")
     p.add_argument("--max-shard-mb", type=int, default=5120, help="safetensors shard size for --to hf")
     p.set_defaults(func=cmd_convert)
@@ -680,6 +707,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help=f"TOML config (see {example}); --section.key=value overrides it")
         p.set_defaults(func=func, accepts_overrides=True)
 
+    p = sub.add_parser("run", help="run a whole recipe (curate -> ... -> export) as one resumable job")
+    p.add_argument("recipe", help="a recipe TOML file (recipes/tiny.toml, recipes/llama3-8b.toml, ...)")
+    p.add_argument("--dir", default=None, help="run directory (default: the recipe's recipe.dir)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (what runs, is reused or resumes, why, "
+                   "expected time and memory per stage) and run nothing")  # fmt: skip
+    p.add_argument("--rerun", action="append", default=[], metavar="STAGE",
+                   help="run STAGE (and what reads it) again even though its key is unchanged")  # fmt: skip
+    p.add_argument("--chat", action="store_true", help="end by chatting with the model the recipe made")
+    p.add_argument("--serve", action="store_true", help="end by serving it (the recipe's serve stage)")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("ckpt", help="checkpoint tools")
     csub = p.add_subparsers(dest="ckpt_command", required=True)
     q = csub.add_parser("average", help="average the weights of checkpoints (training or model) into a new one")
@@ -740,9 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The namespace `herd ARGV` runs with (its `func` does the work); bad arguments exit as argparse does."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(argv)
     if UNSAFE_NO_SANDBOX in argv:  # accepted anywhere on the line, as it is about every command that runs code
         from herd.tools.sandbox import allow_unsandboxed
 
@@ -757,6 +796,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.passthrough_args, extra = extra, []
     if unknown := [x for x in extra if x not in a.overrides]:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], None] = a.func
     try:
         func(a)

@@ -95,6 +95,7 @@ def _check_run(cfg: JobConfig, command: str) -> None:
         if getattr(getattr(cfg, section), name) < 0:
             raise ConfigError(f"{key} must be >= 0")
     _choice("parallel.pp_schedule", cfg.parallel.pp_schedule, ("1F1B", "GPipe"))
+    _choice("metrics.wandb_mode", cfg.metrics.wandb_mode, ("auto", "online", "offline"))
     if command == "train":
         if cfg.data.chunk_tokens < 0 or cfg.data.chunk_tokens == 1:
             raise ConfigError(f"data.chunk_tokens must be 0 (automatic) or at least 2, got {cfg.data.chunk_tokens}")

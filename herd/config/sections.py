@@ -210,6 +210,13 @@ class MetricsSection:
     """A progress bar when the console is a terminal (off for runs driven by another tool, such as sweeps)."""
     peak_tflops: float = 0.0
     """Peak matmul TFLOP/s for MFU; 0 measures this machine's peak for the training dtype at start-up."""
+    wandb: bool = False
+    """Also log to Weights & Biases (rank 0; needs the wandb extra: pip install 'herd[wandb]')."""
+    wandb_project: str = "herd"
+    """The W&B project. The run is named after the last part of job.dump_folder, which keeps its id in wandb_id."""
+    wandb_mode: str = "auto"
+    """auto (online when WANDB_API_KEY is set, else offline), online or offline. Offline runs stay in
+    <dump_folder>/wandb for `wandb sync`."""
 
 
 @dataclass(kw_only=True, slots=True)

@@ -149,6 +149,8 @@ def read_posttrain(folder: Path) -> dict[str, Any]:
                 "rm_checker_pairs"), "before": None, "after": s["rm_checker_agreement"]})  # fmt: skip
     metrics = {str(k): {m: v for m, v in val.items() if m != "responses"} for k, val in metrics.items()
                if isinstance(val, dict)}  # fmt: skip
+    for row in held:  # a figure over zero held-out items is NaN in a summary: no figure, in valid JSON
+        row.update({k: None for k in ("before", "after") if isinstance(row[k], float) and not math.isfinite(row[k])})
     if not metrics and not held:
         raise EvalError(f"--posttrain {folder}: no held-out metrics (round.json, eval_*.json or a summary.json)")
     return {"dir": str(folder), "metrics": metrics, "held_out": held}

@@ -1,4 +1,4 @@
-"""`herd convert`: any readable checkpoint -> HF or Meta directory, with the tokenizer carried along."""
+"""`herd convert`: any readable checkpoint -> HF or Meta directory or a GGUF file, with the tokenizer carried along."""
 
 from __future__ import annotations
 
@@ -31,8 +31,14 @@ def convert(
     num_shards: int = 1,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> dict[str, Any]:
-    """Convert `src` (Meta dir, HF dir or .gguf) into the new directory `dst` in format `to`."""
+    """Convert `src` (Meta dir, HF dir or .gguf) into the new directory `dst` in format `to`; for "gguf",
+    `dst` is the new .gguf file, with float32 matrices unless `dtype` is float16 or bfloat16."""
     ckpt = read_checkpoint(src, dtype=dtype)
+    if to == "gguf":
+        from herd.formats.gguf_write import write_gguf
+
+        write_gguf(ckpt, dst, dtype="f16" if dtype == torch.float16 else "bf16" if dtype == torch.bfloat16 else "f32")
+        return {"from": ckpt.format, "to": to, "args": ckpt.args}
     gguf_metadata = ckpt.metadata if ckpt.format == "gguf" else None
     if gguf_metadata is not None:
         ckpt.metadata = _token_ids_from_gguf(gguf_metadata)

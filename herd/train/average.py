@@ -60,9 +60,16 @@ def average_to(paths: list[Path], out: Path, *, to: str = "meta", dtype: torch.d
     source = paths[0] if paths[0].is_dir() else paths[0].parent
 
     def copy_tokenizer(tmp: Path) -> None:
+        copied = False
         for name in _TOKENIZER_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)
+                copied = True
+        ggufs = sorted(source.glob("*.gguf"))
+        if not copied and ggufs:  # shards packed with a GGUF file's tokenizer: saved as tokenizer.json + template
+            from herd.tokenizer import HFTokenizer
+
+            HFTokenizer.from_gguf(ggufs[0]).save(tmp)
 
     write_checkpoint(out, Checkpoint(args=args, state_dict=sd, format=to, path=out), to, assets=copy_tokenizer)
     return args

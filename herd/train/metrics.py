@@ -1,4 +1,5 @@
-"""Per-step metrics: metrics.jsonl (one line per step), TensorBoard event files, and the console.
+"""Per-step metrics: metrics.jsonl (one line per step), TensorBoard event files, Weights & Biases (optional), and
+the console.
 
 MFU is model FLOPs per second (herd's FLOPs-per-token formula, attention included; see `flops_per_token`) over
 the peak matmul throughput of this machine for the training dtype, measured at start-up unless given, so the
@@ -8,14 +9,19 @@ figure means the same on a laptop and on an H100.
 from __future__ import annotations
 
 import json
+import os
 import resource
+import secrets
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from herd.config import JobConfig, dump
+from herd.errors import TrainError
 from herd.fileio import atomic_file
 
 
@@ -61,9 +67,10 @@ class MetricsLogger:
 
     def __init__(
         self, run_dir: Path, *, total_steps: int, start_step: int, tensorboard: bool, log_interval: int,
-        progress: bool = True, name: str = "train",
+        progress: bool = True, name: str = "train", wandb: WandbSink | None = None,
     ) -> None:  # fmt: skip
         """`name` labels the progress bar and console lines (the command: train, sft, dpo...)."""
+        self.wandb = wandb
         self.name = name
         self.path = run_dir / "metrics.jsonl"
         self.events_path = run_dir / "events.jsonl"
@@ -111,6 +118,8 @@ class MetricsLogger:
             for key, value in record.items():
                 if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
                     self.writer.add_scalar(f"train/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log(record)
         shown = "".join(f"  {k} {record[k]:.4g}" for k in SHOWN if k in record)
         info = f"loss {record['loss']:.4f}{shown}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
         if self.bar is not None:
@@ -134,7 +143,52 @@ class MetricsLogger:
             self.bar.stop()
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
         self.file.close()
+
+
+class WandbSink:
+    """One W&B run per run directory. Its id is kept in <run_dir>/wandb_id, so a resumed run appends to the same
+    run (resume="allow"); offline runs are written under <run_dir>/wandb for `wandb sync`.
+
+    The x-axis is the logged `train/step`, not W&B's own step counter: after a rollback or a resume the steps
+    since the checkpoint are logged again, and W&B drops a `step=` that goes backwards."""
+
+    def __init__(self, run_dir: Path, *, project: str, mode: str, job_type: str, config: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise TrainError("metrics.wandb=true needs the wandb package: pip install 'herd[wandb]' "
+                             "(or set metrics.wandb=false)") from None  # fmt: skip
+        online = mode == "online" or (mode == "auto" and bool(os.environ.get("WANDB_API_KEY")))
+        settings = wandb.Settings(console="off")  # herd's console is a progress bar: W&B would store every redraw
+        id_file = run_dir / "wandb_id"
+        if not id_file.is_file():
+            with atomic_file(id_file, "w") as f:
+                f.write(secrets.token_hex(4))
+        self.run = wandb.init(
+            project=project, name=run_dir.name, job_type=job_type, id=id_file.read_text().strip(), resume="allow",
+            dir=str(run_dir), mode="online" if online else "offline", config=config, settings=settings,
+        )  # fmt: skip
+        self.run.define_metric("train/step")
+        self.run.define_metric("train/*", step_metric="train/step")
+
+    @classmethod
+    def open(cls, run_dir: Path, cfg: JobConfig, command: str) -> WandbSink | None:
+        """The sink `cfg.metrics` asks for (None when metrics.wandb is off), with the resolved config attached."""
+        if not cfg.metrics.wandb:
+            return None
+        m = cfg.metrics
+        config = tomllib.loads(dump(cfg, command))
+        return cls(run_dir, project=m.wandb_project, mode=m.wandb_mode, job_type=command, config=config)
+
+    def log(self, record: dict[str, Any]) -> None:
+        scalars = {f"train/{k}": v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        self.run.log(scalars)  # record["step"] becomes train/step
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class NullLogger:

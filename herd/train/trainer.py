@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,10 +37,14 @@ from herd.parallel.distributed import Watchdog, all_reduce_sum, build_mesh, init
 from herd.parallel.pipeline import build_schedule, prune_to_stage
 from herd.train.checkpoint import CheckpointManager, tokenizer_files
 from herd.train.drills import Drills
-from herd.train.metrics import MetricsLogger, NullLogger, measure_peak_flops, native_bf16, peak_memory_gb
+from herd.train.metrics import MetricsLogger, NullLogger, WandbSink, measure_peak_flops, native_bf16, peak_memory_gb
 from herd.train.objective import LanguageModeling, Objective, summed_cross_entropy
 from herd.train.recovery import Recovery, replicas_that_differ
 from herd.train.schedule import Schedule
+
+STEP_HOOKS: list[Callable[[Trainer, dict[str, Any]], None]] = []
+"""Called on rank 0 after every optimizer step with the step's metrics record: how a driver such as `herd run`
+follows every training stage, the ones a command starts for it (the round's SFT, reward model, DPO) included."""
 
 
 class Trainer:
@@ -154,7 +159,8 @@ class Trainer:
         self.metrics: MetricsLogger | NullLogger = (
             MetricsLogger(self.run_dir, total_steps=self.steps, start_step=self.step,
                           tensorboard=cfg.metrics.tensorboard, log_interval=cfg.metrics.log_interval,
-                          progress=cfg.metrics.progress, name=command)
+                          progress=cfg.metrics.progress, name=command,
+                          wandb=WandbSink.open(self.run_dir, cfg, command))
             if self.rank == 0 else NullLogger()
         )  # fmt: skip
         self.watchdog = Watchdog(p.watchdog_timeout, self.run_dir, self.rank) if p.watchdog_timeout else None
@@ -209,9 +215,13 @@ class Trainer:
         last_saved = self.step if self.checkpointer.latest() is not None else -1
         try:
             while self.step < self.steps:
-                if self.train_step() is None:  # rolled back to a checkpoint
+                record = self.train_step()
+                if record is None:  # rolled back to a checkpoint
                     last_saved = self.step
                     continue
+                if self.rank == 0:
+                    for hook in STEP_HOOKS:
+                        hook(self, record)
                 interval = self.cfg.checkpoint.interval
                 if interval and self.step % interval == 0:
                     self.save()
