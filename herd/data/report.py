@@ -24,11 +24,12 @@ def step_summaries(stage: str, logging_dir: Path) -> list[dict[str, Any]]:
     for path in sorted((logging_dir / "stats").glob("*.json")):
         for i, step in enumerate(json.loads(path.read_text())):
             if i == len(merged):
-                merged.append({"name": step["name"], "stats": Counter(), "chars": 0, "seconds": 0.0})
+                # chars stays None for a step that counts no doc_len (a formatter, a tagger): unknown, not 0.
+                merged.append({"name": step["name"], "stats": Counter(), "chars": None, "seconds": 0.0})
             entry = merged[i]
             for key, value in step.get("stats", {}).items():
                 if key == "doc_len" and isinstance(value, dict):
-                    entry["chars"] += value.get("total", 0)
+                    entry["chars"] = (entry["chars"] or 0) + value.get("total", 0)
                 elif isinstance(value, dict):  # a counter datatrove keeps with per-file statistics
                     entry["stats"][key] += value.get("total", 0)
                 elif isinstance(value, int | float):
@@ -36,7 +37,7 @@ def step_summaries(stage: str, logging_dir: Path) -> list[dict[str, Any]]:
             time_stats = step.get("time_stats")
             if isinstance(time_stats, dict):
                 entry["seconds"] += time_stats.get("total", 0.0)
-    out = []
+    out: list[dict[str, Any]] = []
     docs_prev, chars_prev = None, None
     for entry in merged:
         s = entry["stats"]
@@ -50,7 +51,7 @@ def step_summaries(stage: str, logging_dir: Path) -> list[dict[str, Any]]:
             "step": name,
             "docs_in": docs_in if docs_in is not None else docs_out,
             "docs_out": docs_out,
-            "chars_in": chars_prev if chars_prev is not None else entry["chars"],
+            "chars_in": entry["chars"] if not out else chars_prev,  # None after a step that did not count them
             "chars_out": entry["chars"],
             "dropped": {k.removeprefix("dropped_"): v for k, v in s.items() if k.startswith("dropped_")},
             "skipped": {k.removeprefix("skipped_"): v for k, v in s.items() if k.startswith("skipped_")},
@@ -136,7 +137,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 def _html(report: dict[str, Any]) -> str:
     def table(rows: list[list[Any]], head: list[str]) -> str:
         th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        cell = lambda c: "-" if c is None else html.escape(str(c))  # noqa: E731  (None: not counted)
+        body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
         return f"<table><tr>{th}</tr>{body}</table>"
 
     steps = table(

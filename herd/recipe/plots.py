@@ -63,7 +63,8 @@ def funnel(steps: list[dict[str, Any]]) -> str:
 
 
 def _value(x: Any) -> float:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else 0.0
+    """A count to draw; NaN (no bar) where the step did not count it (curate has no character count for some)."""
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else math.nan
 
 
 def loss_curves(series: list[dict[str, Any]], marks: list[dict[str, Any]]) -> str:

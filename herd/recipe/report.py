@@ -174,13 +174,16 @@ def scaling(run_dir: Path, records: list[dict[str, Any]]) -> str | None:
             ["law", f"{law.get('name', '?')}: tokens = {law.get('tokens', '?')} [{law.get('source', '')}]"],
             ["training tokens", _si(plan.get("tokens"))],
             ["parameters (C = 6ND)", _si(plan.get("params_6nd"))],
-            ["preset", f"{preset.get('name', '?')}: {_si(preset.get('params'))} parameters, "
-                       + ", ".join(f"{k} {v}" for k, v in shape.items())],
+            ["nearest preset", f"{preset.get('name', '?')}: {_si(preset.get('params'))} parameters, "
+                               + ", ".join(f"{k} {v}" for k, v in shape.items())],
             ["time", f"{_fmt(hw.get('gpu_days'))} GPU-days at {_fmt(hw.get('mfu'))} MFU"
                      + (f"; {_fmt(hw.get('days'))} days on {hw['gpus']} GPUs" if hw.get("gpus") else "")],
             ["memory per device", f"{_fmt((mem.get('gib') or {}).get('total'))} GiB on "
                                   + " x ".join(f"{k} {v}" for k, v in (mem.get("layout") or {}).items())],
         ]  # fmt: skip
+        if isinstance(model := plan.get("model"), dict):  # what a recipe's pretrain stage trains
+            rows.append(["model trained", f"{model.get('preset') or model.get('source', '?')}: "
+                         + ", ".join(f"{k} {v}" for k, v in (model.get("shape") or {}).items())])  # fmt: skip
         if (pred := plan.get("prediction")) is not None:
             rows += [["predicted loss", _fmt(pred.get("loss"))], ["predicted accuracy", _fmt(pred.get("accuracy"))]]
         out = f"<h3>{_e(r['name'])}</h3>" + _table(["", "plan"], rows)

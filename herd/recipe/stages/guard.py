@@ -70,7 +70,9 @@ class Guard(Stage):
             if guard != "embedded":
                 argv += ["--guard", guard]
             invoke(add_safety_parser, argv)
-            table = json.loads((ctx.dir / "results.json").read_text()).get("shields", {})
+            shields = json.loads((ctx.dir / "results.json").read_text()).get("shields", {})
+            # The rates and counts; each prompt's case stays in results.json.
+            table = {k: v for k, v in shields.items() if k != "cases"}
         from herd.fileio import atomic_file
 
         record = {"guard": guard, "shields": table}
