@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -57,3 +59,34 @@ def test_one_checkpoint_exports_unchanged_and_mismatched_shapes_are_refused(trai
     write_checkpoint(tmp_path / "shallow", ckpt, "meta")
     with pytest.raises(CheckpointError, match="shape differs"):
         average_to([step, tmp_path / "shallow"], tmp_path / "bad")
+
+
+def test_export_of_a_run_packed_with_a_gguf_tokenizer_carries_that_tokenizer(tmp_path) -> None:
+    """Shards packed with a .gguf file's tokenizer (a continued-pretraining run of the embedded model): the
+    training checkpoint holds that file, and the export writes its tokenizer as tokenizer.json + template."""
+    import json
+
+    from herd.config import PackSection, load
+    from herd.data.pack import pack
+    from herd.formats.load import resolve_model_path
+    from herd.tokenizer import HFTokenizer
+
+    gguf = resolve_model_path(None)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"Document {i}: the cat sat on mat number {i}."}) + "\n"
+                            for i in range(200)))  # fmt: skip
+    pack(PackSection(input=[str(docs)], tokenizer=str(gguf)), tmp_path / "shards")
+    cfg = load("train", None, [
+        f"job.dump_folder='{tmp_path / 'run'}'", f"data.shards=['{tmp_path / 'shards'}']", "model.dim=32",
+        "model.n_layers=1", "model.n_heads=4", "model.n_kv_heads=2", "training.steps=2", "training.seq_len=32",
+        "training.batch_tokens=64", "lr_schedule.warmup_steps=0", "metrics.tensorboard=false",
+        "metrics.peak_tflops=1.0", "metrics.log_interval=0",
+    ])  # fmt: skip
+    checkpoint = Trainer(cfg).train()["checkpoint"]
+    average_to([Path(checkpoint)], tmp_path / "hf", to="hf")
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    loaded = load_pretrained(str(tmp_path / "hf"))
+    source = HFTokenizer.from_gguf(gguf)
+    dialog = [{"role": "user", "content": "Hi there!"}]
+    assert loaded.tokenizer.encode_chat(dialog) == source.encode_chat(dialog)
+    assert loaded.tokenizer.encode("the cat sat", bos=False) == source.encode("the cat sat", bos=False)
