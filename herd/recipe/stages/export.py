@@ -33,9 +33,9 @@ class Export(Stage):
 
     def check(self) -> None:
         if bad := [f for f in self.settings.formats if f not in FORMATS]:
-            raise RecipeError(f"stages.{self.name}.formats: unknown format {bad[0]!r}; formats: {', '.join(FORMATS)}")
+            raise RecipeError(f"{self._where}.formats: unknown format {bad[0]!r}; formats: {', '.join(FORMATS)}")
         if "executorch" in self.settings.formats and importlib.util.find_spec("executorch") is None:
-            raise RecipeError(f"stages.{self.name}.formats: executorch needs the executorch package: "
+            raise RecipeError(f"{self._where}.formats: executorch needs the executorch package: "
                               "pip install 'herd[executorch]'")  # fmt: skip
 
     def estimate(self) -> Estimate:

@@ -38,7 +38,7 @@ class Guard(Stage):
     def check(self) -> None:
         s = self.settings
         if s.safety_eval and (s.n_unsafe < 1 or s.n_borderline < 1):
-            raise RecipeError(f"stages.{self.name}: n_unsafe and n_borderline must be positive with safety_eval")
+            raise RecipeError(f"{self._where}: n_unsafe and n_borderline must be positive with safety_eval")
 
     def estimate(self) -> Estimate:
         if not from_embedded_corpus(self):

@@ -66,9 +66,9 @@ class Plan(Stage):
     def check(self) -> None:
         s = self.settings
         if s.shape not in ("preset", "small"):
-            raise RecipeError(f"stages.{self.name}.shape={s.shape!r}: use preset or small")
+            raise RecipeError(f"{self._where}.shape={s.shape!r}: use preset or small")
         if not s.flops and not (s.gpus and s.days):
-            raise RecipeError(f"stages.{self.name}: give flops, or gpus and days")
+            raise RecipeError(f"{self._where}: give flops, or gpus and days")
 
     def make(self, vocab_size: int | None) -> dict[str, Any]:
         from herd.scaling.plan import make_plan

@@ -138,7 +138,7 @@ class Anneal(Pretrain):
 
     def check(self) -> None:
         if self.settings.tokens <= 0:
-            raise RecipeError(f"stages.{self.name}.tokens must be positive")
+            raise RecipeError(f"{self._where}.tokens must be positive")
 
     def wired(self, cfg: JobConfig, inputs: dict[str, str]) -> JobConfig:
         cfg = super().wired(cfg, inputs)

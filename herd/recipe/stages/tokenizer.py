@@ -27,7 +27,7 @@ class Tokenizer(Stage):
 
     def check(self) -> None:
         if not self.settings.reuse and self.settings.vocab_size < 257 + 256:
-            raise RecipeError(f"stages.{self.name}.vocab_size={self.settings.vocab_size}: too small (the 256 byte "
+            raise RecipeError(f"{self._where}.vocab_size={self.settings.vocab_size}: too small (the 256 byte "
                               "tokens and 256 special tokens come first)")  # fmt: skip
 
     def estimate(self) -> Estimate:
