@@ -50,3 +50,17 @@ def test_sft_on_the_embedded_model_learns_and_exports_with_its_tokenizer(tmp_pat
     prompt = model.tokenizer.encode_chat([{"role": "system", "content": "Answer with one sentence."},
                                           {"role": "user", "content": "What is 5 plus 7?"}])  # fmt: skip
     assert model.tokenizer.chat_template is not None and len(prompt) > 10
+
+
+def test_an_exported_chat_model_tells_transformers_where_a_turn_ends(tmp_path, smol_tokenizer) -> None:
+    """config.json's eos_token_id holds the tokenizer's end-of-turn ids (SmolLM2: <|endoftext|> 0 and <|im_end|> 2),
+    as Meta's and HF's chat configs do; without them transformers runs on past the reply."""
+    from herd.model import ModelArgs, build_model
+    from herd.posttrain.stage import write_model
+
+    args = ModelArgs(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=smol_tokenizer.vocab_size,
+                     multiple_of=32, tie_embeddings=True, max_seq_len=64)  # fmt: skip
+    write_model(args, build_model(args, device="cpu").state_dict(), smol_tokenizer, tmp_path / "m", dtype="float32")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["eos_token_id"] == sorted(smol_tokenizer.stop_ids) == [0, 2]
+    assert config["bos_token_id"] == smol_tokenizer.bos_id
