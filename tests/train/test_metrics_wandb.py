@@ -2,6 +2,7 @@
 the same W&B run. The offline run is read back with wandb's own reader of .wandb files (what `wandb sync` uses)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def test_a_run_logs_to_wandb_offline_and_a_resumed_run_appends_to_it(
     wandb_package.teardown()  # wandb-core, the process that writes the .wandb files, flushes them as it stops
     assert (run_dir / "wandb_id").read_text() == run_id
     runs = sorted(run_dir.glob("wandb/offline-run-*"))
-    assert [p.name.rsplit("-", 1)[1] for p in runs] == [run_id, run_id]
+    # offline-run-<date>_<time>-<id>, and "-1" after it when the two runs start within the same second
+    assert [re.match(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)", p.name).group(1) for p in runs] == [run_id, run_id]
 
     records = offline_records(run_dir)
     starts = [r.run for kind, r in records if kind == "run"]
