@@ -9,6 +9,7 @@ cannot be grouped: it stays in float, and a warning names it.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -29,6 +30,12 @@ INFERENCE_DTYPES = (torch.float32, torch.bfloat16)
 # 3072 x 576 int4, int8 and bfloat16 matrices).
 KERNEL_MAX_ROWS = 64
 _CHUNK_ELEMENTS = 4 * 2**20  # float32 elements converted at a time above KERNEL_MAX_ROWS (16 MB)
+
+
+@functools.cache
+def _native_bf16() -> bool:
+    """Whether torch's CPU bf16 matmul runs on native instructions (else its fallback is far slower than float32)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def check_quant(quant: str, dtype: torch.dtype) -> None:
@@ -114,6 +121,10 @@ class InferenceLinear(nn.Module):
             y = self._kernel(x2)
         elif self.weight is not None and self.weight.dtype == torch.float32:
             y = torch.nn.functional.linear(x2, self.weight)
+        elif self.weight is not None and _native_bf16():
+            # oneDNN's bf16 GEMM (AVX512-BF16 or AMX), about twice float32's rate: the activations are rounded to
+            # bfloat16 for this product, as a bfloat16 model's always are (llama.cpp's BF16 path does the same).
+            y = torch.nn.functional.linear(x2.to(torch.bfloat16), self.weight).float()
         else:
             y = self._chunked(x2)
         return y.view(*lead, self.out_features)

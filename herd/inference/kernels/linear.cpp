@@ -24,6 +24,11 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define HERD_AVX2 1
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+// VNNI's dpbusd multiplies 32 unsigned by 32 signed bytes and adds each 4 into an int32 lane in one instruction,
+// where AVX2 needs maddubs + madd; the 4-bit weights are unsigned already.
+#define HERD_VNNI 1
+#endif
 #endif
 
 namespace {
@@ -139,7 +144,120 @@ void q4_row(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const int8
   }
 }
 
+#ifdef HERD_VNNI
+// Blocks of 8 groups: their float16 scales convert in one instruction and are multiplied by x's 8 group scales at
+// once; a permute then spreads each group's scale over the lanes that hold its sums.
+constexpr int64_t kBlock = 8;
+
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+
+// int8: |w| times x with w's signs, one group per vector (its 8 lanes are the group's partial sums).
+template <int MB>
+void q8_row_vnni(const int8_t* q, const uint16_t* sc, const int8_t* xq, const float* xd, int64_t K, int64_t m0,
+                 float* out, int64_t N) {
+  const int64_t G = K / kGroup, GB = G - G % kBlock;
+  __m256 acc[MB][2];
+  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < GB; g += kBlock) {
+    const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g)));
+    __m256 s[MB];
+    for (int i = 0; i < MB; ++i) s[i] = _mm256_mul_ps(wd, _mm256_loadu_ps(xd + (m0 + i) * G + g));
+    for (int j = 0; j < kBlock; ++j) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (g + j) * kGroup));
+      const __m256i aw = _mm256_abs_epi8(w);  // -128 -> 128, right as an unsigned byte
+      const __m256i lane = _mm256_set1_epi32(j);
+      for (int i = 0; i < MB; ++i) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + (g + j) * kGroup));
+        const __m256i d = dot_u8s8(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w));
+        acc[i][j & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_permutevar8x32_ps(s[i], lane), acc[i][j & 1]);
+      }
+    }
+  }
+  for (int64_t g = GB; g < G; ++g) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + g * kGroup));
+    const __m256i aw = _mm256_abs_epi8(w);
+    const float wd = _cvtsh_ss(sc[g]);
+    for (int i = 0; i < MB; ++i) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + g * kGroup));
+      const __m256i d = dot_u8s8(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w));
+      acc[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(wd * xd[(m0 + i) * G + g]), acc[i][0]);
+    }
+  }
+  for (int i = 0; i < MB; ++i) out[i * N] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+}
+
+// int4: two groups per vector. Their 32 packed bytes give the low nibbles (values 0..15 of both groups) and the
+// high nibbles (16..31) with one shift and two ands; x comes pre-arranged to match (quantize_x's pair order), so
+// lanes 0-3 hold the first group's sums and lanes 4-7 the second's.
+template <int MB>
+void q4_row_vnni(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const int8_t* xq, const float* xd,
+                 const float* xsum, int64_t K, int64_t m0, float* out, int64_t N) {
+  const int64_t G = K / kGroup, GB = G - G % kBlock;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[MB][2];
+  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < GB; g += kBlock) {
+    const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g)));
+    __m256 s[MB];
+    for (int i = 0; i < MB; ++i) s[i] = _mm256_mul_ps(wd, _mm256_loadu_ps(xd + (m0 + i) * G + g));
+    for (int p = 0; p < kBlock / 2; ++p) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (g + 2 * p) * kGroup / 2));
+      const __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
+      const __m256i lane = _mm256_setr_epi32(2 * p, 2 * p, 2 * p, 2 * p, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1);
+      for (int i = 0; i < MB; ++i) {
+        const int8_t* x = xq + (m0 + i) * K + (g + 2 * p) * kGroup;
+        __m256i d = dot_u8s8(_mm256_setzero_si256(), lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+        d = dot_u8s8(d, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + kGroup)));
+        acc[i][p & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_permutevar8x32_ps(s[i], lane), acc[i][p & 1]);
+      }
+    }
+  }
+  const __m128i low4x = _mm_set1_epi8(0x0F);
+  for (int64_t g = GB; g < G; ++g) {  // the last G % 8 groups, one at a time, x in its natural order
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + g * kGroup / 2));
+    const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low4x), _mm_and_si128(b, low4x));
+    const float wd = _cvtsh_ss(sc[g]);
+    for (int i = 0; i < MB; ++i) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + g * kGroup));
+      const __m256i d = dot_u8s8(_mm256_setzero_si256(), w, x);
+      acc[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(wd * xd[(m0 + i) * G + g]), acc[i][0]);
+    }
+  }
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + g)));
+    for (int i = 0; i < MB; ++i) acc[i][1] = _mm256_fmadd_ps(m, _mm256_loadu_ps(xsum + (m0 + i) * G + g), acc[i][1]);
+  }
+  for (int i = 0; i < MB; ++i) {
+    float s = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+    for (int64_t j = g; j < G; ++j) s += _cvtsh_ss(mn[j]) * xsum[(m0 + i) * G + j];
+    out[i * N] = s;
+  }
+}
+#endif  // HERD_VNNI
+
+// Attention's q.k: 64-128 products per key. The plain loop stays scalar (no reassociation of a float sum
+// without -ffast-math), and at batch 1 the keys' dot products are most of a block's time outside the weights.
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t e = 0;
+  for (; e + 16 <= n; e += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + e), _mm256_loadu_ps(b + e), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + e + 8), _mm256_loadu_ps(b + e + 8), s1);
+  }
+  for (; e + 8 <= n; e += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + e), _mm256_loadu_ps(b + e), s0);
+  float s = hsum(_mm256_add_ps(s0, s1));
+  for (; e < n; ++e) s += a[e] * b[e];
+  return s;
+}
+
 #else  // portable reference loops
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  float s = 0;
+  for (int64_t e = 0; e < n; ++e) s += a[e] * b[e];
+  return s;
+}
 
 template <int MB, typename W>
 void dense_row(const W* w, const float* x, int64_t K, int64_t m0, float* out, int64_t N) {
@@ -194,7 +312,9 @@ void check_x(const at::Tensor& x, int64_t K, const char* op) {
   TORCH_CHECK(x.size(1) == K, op, ": x has ", x.size(1), " features, the weight expects ", K);
 }
 
-// Split the N weight rows across threads; each thread walks its rows once per block of x rows.
+// Split the N weight rows across threads. Each weight row is read from memory once: it stays in L1 while every
+// block of x rows passes over it (a thread's share of a matrix is megabytes, so walking it once per block of x
+// would stream it from memory M / 4 times).
 // row<MB>(n, m0, out) computes out[m * N] for rows m0..m0+MB of x against weight row n.
 template <typename RowFn>
 at::Tensor run_rows(const at::Tensor& x, int64_t N, int64_t bytes_per_row, RowFn row) {
@@ -204,15 +324,16 @@ at::Tensor run_rows(const at::Tensor& x, int64_t N, int64_t bytes_per_row, RowFn
   // Enough rows per task that a thread streams at least ~64 KB of weights.
   const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(1, bytes_per_row));
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    for (int64_t m0 = 0; m0 < M; m0 += kMBlock) {
-      float* om = o + m0 * N;
-      switch (std::min(kMBlock, M - m0)) {
-        case 1: for (int64_t n = n0; n < n1; ++n) row(std::integral_constant<int, 1>{}, n, m0, om + n); break;
-        case 2: for (int64_t n = n0; n < n1; ++n) row(std::integral_constant<int, 2>{}, n, m0, om + n); break;
-        case 3: for (int64_t n = n0; n < n1; ++n) row(std::integral_constant<int, 3>{}, n, m0, om + n); break;
-        default: for (int64_t n = n0; n < n1; ++n) row(std::integral_constant<int, 4>{}, n, m0, om + n);
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t m0 = 0; m0 < M; m0 += kMBlock) {
+        float* om = o + m0 * N + n;
+        switch (std::min(kMBlock, M - m0)) {
+          case 1: row(std::integral_constant<int, 1>{}, n, m0, om); break;
+          case 2: row(std::integral_constant<int, 2>{}, n, m0, om); break;
+          case 3: row(std::integral_constant<int, 3>{}, n, m0, om); break;
+          default: row(std::integral_constant<int, 4>{}, n, m0, om);
+        }
       }
-    }
   });
   return out;
 }
@@ -246,7 +367,10 @@ struct QuantizedX {
   at::Tensor xq, xd, xsum;
 };
 
-QuantizedX quantize_x(const at::Tensor& x) {
+// pair_order: within each whole block of 8 groups, groups 2p and 2p+1 are stored as [first 16 of 2p, first 16 of
+// 2p+1, last 16 of 2p, last 16 of 2p+1], the order of a pair of packed int4 groups' low then high nibbles (the
+// VNNI int4 kernel). The scales and sums stay per group in natural order.
+QuantizedX quantize_x(const at::Tensor& x, bool pair_order = false) {
   const int64_t M = x.size(0), K = x.size(1), G = K / kGroup;
   QuantizedX r{at::empty({M, K}, x.options().dtype(at::kChar)), at::empty({M, G}, x.options()),
                at::empty({M, G}, x.options())};
@@ -254,16 +378,21 @@ QuantizedX quantize_x(const at::Tensor& x) {
   int8_t* q = r.xq.data_ptr<int8_t>();
   float* d = r.xd.data_ptr<float>();
   float* sum = r.xsum.data_ptr<float>();
+  const int64_t GB = pair_order ? G - G % 8 : 0;
   for (int64_t g = 0; g < M * G; ++g) {
     const float* v = xp + g * kGroup;
     float amax = 0;
     for (int64_t j = 0; j < kGroup; ++j) amax = std::max(amax, std::fabs(v[j]));
     const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+    // Where value j of the group goes: natural order, or its place in the group's pair.
+    const int64_t gi = g % G, pair_base = (g - gi + (gi & ~int64_t{1})) * kGroup, half = (gi & 1) * 16;
+    const bool paired = gi < GB;
     int32_t total = 0;
     for (int64_t j = 0; j < kGroup; ++j) {
-      const int32_t r8 = static_cast<int32_t>(std::nearbyint(v[j] * inv));
-      q[g * kGroup + j] = static_cast<int8_t>(std::clamp(r8, -127, 127));
-      total += q[g * kGroup + j];
+      const int32_t r8 = std::clamp(static_cast<int32_t>(std::nearbyint(v[j] * inv)), -127, 127);
+      const int64_t at = paired ? pair_base + (j < 16 ? half + j : kGroup + half + j - 16) : g * kGroup + j;
+      q[at] = static_cast<int8_t>(r8);
+      total += r8;
     }
     d[g] = scale;
     sum[g] = scale * static_cast<float>(total);
@@ -284,7 +413,11 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const int8_t* qp = q.data_ptr<int8_t>();
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
   return run_rows(x, N, K + 2 * G, [&](auto mb, int64_t n, int64_t m0, float* o) {
+#ifdef HERD_VNNI
+    q8_row_vnni<decltype(mb)::value>(qp + n * K, sp + n * G, xqp, xdp, K, m0, o, N);
+#else
     q8_row<decltype(mb)::value>(qp + n * K, sp + n * G, xqp, xdp, K, m0, o, N);
+#endif
   });
 }
 
@@ -297,7 +430,11 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   check_groups(scales, N, G, "herd::linear_int4: scales");
   check_groups(mins, N, G, "herd::linear_int4: mins");
   // The min term uses the group sums of the rounded x, the activations the dot products see.
+#ifdef HERD_VNNI
+  const QuantizedX qx = quantize_x(x, /*pair_order=*/true);
+#else
   const QuantizedX qx = quantize_x(x);
+#endif
   const int8_t* xqp = qx.xq.data_ptr<int8_t>();
   const float* xdp = qx.xd.data_ptr<float>();
   const float* xs = qx.xsum.data_ptr<float>();
@@ -305,7 +442,11 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
   const uint16_t* mp = reinterpret_cast<const uint16_t*>(mins.data_ptr<at::Half>());
   return run_rows(x, N, K / 2 + 4 * G, [&](auto mb, int64_t n, int64_t m0, float* o) {
+#ifdef HERD_VNNI
+    q4_row_vnni<decltype(mb)::value>(qp + n * K / 2, sp + n * G, mp + n * G, xqp, xdp, xs, K, m0, o, N);
+#else
     q4_row<decltype(mb)::value>(qp + n * K / 2, sp + n * G, mp + n * G, xqp, xdp, xs, K, m0, o, N);
+#endif
   });
 }
 
@@ -435,9 +576,7 @@ at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_
           p[j] = -INFINITY;
           continue;
         }
-        float d = 0;
-        for (int64_t e = 0; e < H; ++e) d += q[e] * kb[j * H + e];
-        p[j] = d * scale;
+        p[j] = dot(q, kb + j * H, H) * scale;
         best = std::max(best, p[j]);
       }
       float* y = o + (b * T + t) * N * H + n * H;
