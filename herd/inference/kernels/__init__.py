@@ -29,12 +29,17 @@ def _build_dir(tag: str) -> Path:
     return path
 
 
+def _cpu_has(probe: str) -> bool:
+    """A torch CPU feature probe (`torch.cpu._is_vnni_supported`...); False where this torch lacks it."""
+    try:
+        return bool(getattr(torch.cpu, probe)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _has_avx512_vnni() -> bool:
     """AVX512-VNNI (which implies AVX512-VL on every CPU that has it), as torch's CPU feature probe reports it."""
-    try:
-        return bool(torch.cpu._is_vnni_supported()) and torch.backends.cpu.get_cpu_capability() == "AVX512"
-    except (AttributeError, RuntimeError):  # a torch without the private probe: stay on AVX2
-        return False
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and _cpu_has("_is_vnni_supported")
 
 
 @functools.cache
@@ -54,6 +59,8 @@ def available() -> bool:
         flags += ["-mavx2", "-mfma", "-mf16c"]
         if _has_avx512_vnni():  # the int8/int4 dot products in one instruction (256-bit vectors, AVX512-VL)
             flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
+            if _cpu_has("_is_avx512_bf16_supported"):  # bfloat16 pairs' dot products in one instruction
+                flags += ["-mavx512bf16"]
     digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
     tag = f"torch{torch.__version__.replace('+', '_')}-{capability.lower()}-{digest}"
     try:
@@ -76,8 +83,15 @@ def available() -> bool:
     return True
 
 
+def bf16_activations() -> bool:
+    """Whether `linear_dense` rounds x to bfloat16 for bfloat16 weights (the AVX512-BF16 build: one dpbf16ps per 32
+    products, as llama.cpp's BF16 path), instead of widening the weights to float32."""
+    return available() and bool(torch.ops.herd.bf16_activations())
+
+
 def linear_dense(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (M, K) float32 @ w (N, K)^T for float32 or bfloat16 w, in float32."""
+    """x (M, K) float32 @ w (N, K)^T for float32 or bfloat16 w, in float32 (x rounded to bfloat16 for a bfloat16 w
+    where `bf16_activations()`)."""
     if available():
         return torch.ops.herd.linear_dense(x, w)
     return torch.nn.functional.linear(x, w.float())

@@ -24,6 +24,10 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define HERD_AVX2 1
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+// dpbf16ps: 32 bfloat16 products summed in pairs into 16 float32 lanes, one instruction.
+#define HERD_BF16 1
+#endif
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 // VNNI's dpbusd multiplies 32 unsigned by 32 signed bytes and adds each 4 into an int32 lane in one instruction,
 // where AVX2 needs maddubs + madd; the 4-bit weights are unsigned already.
@@ -251,7 +255,65 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// e^x of 8 floats: x = n ln2 + r with |r| <= ln2 / 2, e^r = 1 + r + r^2 P(r) with Cephes' degree-5 P, and 2^n built
+// in the exponent bits; within 2 ulp of expf over the clamped range [-87, 88] (below it the result is ~1e-38, not 0).
+// The softmax and SwiGLU exponentials, one per key per head and one per hidden unit, cost more than the rest of
+// those loops when each goes through libm.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln 2 in two parts: n * hi is exact
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// silu(g) * u over n values.
+inline void silu_mul_row(const float* g, const float* u, float* o, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 gv = _mm256_loadu_ps(g + j);
+    const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv)));
+    _mm256_storeu_ps(o + j, _mm256_mul_ps(_mm256_div_ps(gv, den), _mm256_loadu_ps(u + j)));
+  }
+  for (; j < n; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+}
+
+// p[j] = e^(p[j] - best), 0 where p[j] is -inf (a masked key); returns their sum.
+inline float softmax_weights(float* p, int64_t n, float best) {
+  const __m256 b = _mm256_set1_ps(best), masked = _mm256_set1_ps(-INFINITY);
+  __m256 total = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 v = _mm256_loadu_ps(p + j);
+    const __m256 w = _mm256_andnot_ps(_mm256_cmp_ps(v, masked, _CMP_EQ_OQ), exp8(_mm256_sub_ps(v, b)));
+    _mm256_storeu_ps(p + j, w);
+    total = _mm256_add_ps(total, w);
+  }
+  float s = hsum(total);
+  for (; j < n; ++j) s += (p[j] = p[j] == -INFINITY ? 0.0f : std::exp(p[j] - best));
+  return s;
+}
+
 #else  // portable reference loops
+
+inline void silu_mul_row(const float* g, const float* u, float* o, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+}
+
+inline float softmax_weights(float* p, int64_t n, float best) {
+  float s = 0;
+  for (int64_t j = 0; j < n; ++j) s += (p[j] = p[j] == -INFINITY ? 0.0f : std::exp(p[j] - best));
+  return s;
+}
 
 inline float dot(const float* a, const float* b, int64_t n) {
   float s = 0;
@@ -306,6 +368,36 @@ void q4_row(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const int8
 }
 #endif
 
+#ifdef HERD_BF16
+// bfloat16 weights against x rounded to bfloat16 (xb, as a bfloat16 model's activations are, and as llama.cpp's BF16
+// path does): each 64-byte load of the weight row is one dpbf16ps per row of x, where widening to float32 costs three
+// instructions per 16 weights and leaves the kernel short of the memory's rate.
+template <int MB>
+void bf16_row_dp(const at::BFloat16* w, const at::BFloat16* xb, int64_t K, int64_t m0, float* out, int64_t N) {
+  __m512 acc[MB][2];
+  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k), w1 = (__m512bh)_mm512_loadu_si512(w + k + 32);
+    for (int i = 0; i < MB; ++i) {
+      const at::BFloat16* x = xb + (m0 + i) * K + k;
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)_mm512_loadu_si512(x), w0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)_mm512_loadu_si512(x + 32), w1);
+    }
+  }
+  for (; k + 32 <= K; k += 32) {
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k);
+    for (int i = 0; i < MB; ++i)
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)_mm512_loadu_si512(xb + (m0 + i) * K + k), w0);
+  }
+  for (int i = 0; i < MB; ++i) {
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+    for (int64_t j = k; j < K; ++j) s += static_cast<float>(w[j]) * static_cast<float>(xb[(m0 + i) * K + j]);
+    out[i * N] = s;
+  }
+}
+#endif
+
 void check_x(const at::Tensor& x, int64_t K, const char* op) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(), op,
               ": x must be a contiguous float32 CPU matrix");
@@ -351,9 +443,17 @@ at::Tensor linear_dense(const at::Tensor& x, const at::Tensor& w) {
   }
   TORCH_CHECK(w.scalar_type() == at::kBFloat16, "herd::linear_dense: weight must be float32 or bfloat16");
   const at::BFloat16* wp = w.data_ptr<at::BFloat16>();
+#ifdef HERD_BF16
+  const at::Tensor xb = x.to(at::kBFloat16);  // round to nearest even, as torch rounds
+  const at::BFloat16* xbp = xb.data_ptr<at::BFloat16>();
+  return run_rows(x, N, K * 2, [&](auto mb, int64_t n, int64_t m0, float* o) {
+    bf16_row_dp<decltype(mb)::value>(wp + n * K, xbp, K, m0, o, N);
+  });
+#else
   return run_rows(x, N, K * 2, [&](auto mb, int64_t n, int64_t m0, float* o) {
     dense_row<decltype(mb)::value>(wp + n * K, xp, K, m0, o, N);
   });
+#endif
 }
 
 void check_groups(const at::Tensor& t, int64_t N, int64_t G, const char* what) {
@@ -482,11 +582,7 @@ at::Tensor silu_mul(const at::Tensor& gu) {
   at::Tensor out = at::empty(shape, gu.options());
   const float* p = gu.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < F; ++j) {
-      const float g = p[r * 2 * F + j];
-      o[r * F + j] = g / (1.0f + std::exp(-g)) * p[r * 2 * F + F + j];
-    }
+  for (int64_t r = 0; r < rows; ++r) silu_mul_row(p + r * 2 * F, p + r * 2 * F + F, o + r * F, F);
   return out;
 }
 
@@ -581,11 +677,11 @@ at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_
       }
       float* y = o + (b * T + t) * N * H + n * H;
       std::fill(y, y + H, 0.0f);
-      float total = 0;
+      if (best == -INFINITY) continue;  // every key masked: zeros
+      const float total = softmax_weights(p.data(), Sb, best);
       for (int64_t j = 0; j < Sb; ++j) {
-        if (p[j] == -INFINITY) continue;
-        const float w = std::exp(p[j] - best);
-        total += w;
+        if (p[j] == 0.0f) continue;  // masked
+        const float w = p[j];
         for (int64_t e = 0; e < H; ++e) y[e] += w * vb[j * H + e];
       }
       const float inv = total > 0 ? 1.0f / total : 0.0f;
@@ -594,7 +690,7 @@ at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_
   };
   const int64_t rows = B * N * T;
   // Threads only when there is enough work to pay for waking them.
-  if (rows * S * H >= (1 << 20))
+  if (rows > 1 && rows * S * H >= (1 << 16))
     at::parallel_for(0, rows, 1, work);
   else
     work(0, rows);
@@ -670,7 +766,17 @@ at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& scales, const 
 
 }  // namespace
 
+// Whether bfloat16 weights multiply x rounded to bfloat16 (the AVX512-BF16 build) rather than float32 x.
+bool bf16_activations() {
+#ifdef HERD_BF16
+  return true;
+#else
+  return false;
+#endif
+}
+
 TORCH_LIBRARY(herd, m) {
+  m.def("bf16_activations() -> bool");
   m.def("linear_dense(Tensor x, Tensor w) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor qweight, Tensor scales) -> Tensor");
   m.def("linear_int4(Tensor x, Tensor qweight, Tensor scales, Tensor mins) -> Tensor");
@@ -686,6 +792,8 @@ TORCH_LIBRARY(herd, m) {
       "cache_attend(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? mask, int n_heads, "
       "int n_kv_heads, Tensor? row_pos=None) -> Tensor");
 }
+
+TORCH_LIBRARY_IMPL(herd, CatchAll, m) { m.impl("bf16_activations", &bf16_activations); }
 
 TORCH_LIBRARY_IMPL(herd, CPU, m) {
   m.impl("linear_dense", &linear_dense);
