@@ -300,7 +300,8 @@ def cmd_tokenize(a: argparse.Namespace) -> None:
     else:
         if a.file is not None:
             try:
-                text = Path(a.file).read_text(encoding="utf-8")
+                # The file's bytes as they are: universal newlines would turn "\r\n" into "\n", other tokens.
+                text = Path(a.file).read_bytes().decode("utf-8")
             except (OSError, UnicodeDecodeError) as e:
                 raise HerdError(f"{a.file}: cannot read as UTF-8 text ({e})") from None
         elif a.text is not None:

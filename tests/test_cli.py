@@ -175,8 +175,12 @@ def test_tokenize_text_and_dialog(tmp_path, capsys) -> None:
 
     from herd.tokenizer.llama3 import packaged_model_path
 
+    meta = MetaTokenizer(packaged_model_path())
     out = json.loads(run(capsys, "tokenize", "--text", "Hello <|eot_id|>", "--json")[1])
-    assert out["tokens"] == MetaTokenizer(packaged_model_path()).encode("Hello <|eot_id|>", bos=False, eos=False)
+    assert out["tokens"] == meta.encode("Hello <|eot_id|>", bos=False, eos=False)
+    (tmp_path / "crlf.txt").write_bytes(b"a\r\n\r\nb")  # a file's bytes are tokenized unchanged (881, not 271)
+    out = json.loads(run(capsys, "tokenize", "--file", str(tmp_path / "crlf.txt"), "--json")[1])
+    assert out["tokens"] == meta.encode("a\r\n\r\nb", bos=False, eos=False) and 881 in out["tokens"]
     dialog = [
         {"role": "user", "content": "Gold price?"},
         {"role": "assistant", "tool_calls": [{"name": "brave_search", "arguments": {"query": "gold"}}],

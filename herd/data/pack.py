@@ -56,9 +56,14 @@ def pack(cfg: PackSection, output: str | Path, *, progress: bool = False) -> dic
     skipped: list[str] = []
     with atomic_dir(out, error=DataError) as tmp:
 
+        dirs: dict[str, str] = {}  # source -> its shard directory
+        taken: dict[str, str] = {}  # shard directory -> its source
+
         def flush(source: str) -> None:
             info = sources[source]
-            name = f"{_safe(source)}/shard-{len(info['shards']):05d}.bin"
+            if source not in dirs:
+                dirs[source] = _source_dir(source, taken)
+            name = f"{dirs[source]}/shard-{len(info['shards']):05d}.bin"
             (tmp / name).parent.mkdir(exist_ok=True)
             n = write_shard(tmp / name, pending[source], tokenizer.vocab_size)
             info["shards"].append({"path": name, "docs": len(pending[source]), "tokens": n})
@@ -217,5 +222,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"
+def _source_dir(source: str, taken: dict[str, str]) -> str:
+    """The directory for `source`'s shards: the source's own name where that is a plain file name, else a cleaned
+    name plus a hash of the source. A source is data, so no name it gives may leave the output directory (`..`,
+    `a/../b`), land on the tokenizer or the manifest, or share another source's directory (`a b`, `a/b`)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", source).lstrip(".") or "_"
+    if name != source or name in (TOKENIZER_DIR, MANIFEST):
+        name = f"{name}-{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+    if taken.setdefault(name, source) != source:  # two cleaned names whose hashes collide: refuse, never merge
+        raise DataError(f"sources {taken[name]!r} and {source!r} map to one shard directory {name!r}; rename one")
+    return name

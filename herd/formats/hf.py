@@ -21,6 +21,8 @@ from herd.formats.common import check_state_dict, tensors_tied
 from herd.model import ModelArgs, RopeScaling
 
 CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
@@ -138,7 +140,7 @@ def hf_config_from_args(args: ModelArgs, dtype: torch.dtype, extra: dict[str, An
             "high_freq_factor": s.high_freq_factor,
             "original_max_position_embeddings": s.original_max_seq_len,
         }
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    for key in _TOKEN_IDS:
         if extra and extra.get(key) is not None:
             config[key] = extra[key]
     return config
@@ -282,3 +284,8 @@ def write_hf(
             json.dump(index, f, indent=2)
     with atomic_file(path / CONFIG, "w") as f:
         json.dump(hf_config_from_args(args, dtype, extra_config), f, indent=2)
+    # transformers' generate reads its stop ids from generation_config.json when there is one, config.json otherwise.
+    ids = {k: v for k, v in (extra_config or {}).items() if k in _TOKEN_IDS and v is not None}
+    if "eos_token_id" in ids:
+        with atomic_file(path / GENERATION_CONFIG, "w") as f:
+            json.dump(ids, f, indent=2)

@@ -98,11 +98,7 @@ def write_model(
 
     if out.exists():  # an export of an earlier, interrupted finish of this run
         shutil.rmtree(out)
-    # transformers stops generating at config.json's eos_token_id: the tokenizer's end-of-turn tokens, or it runs on
-    # past the reply into invented turns.
-    stops = sorted(tokenizer.stop_ids)
-    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": stops if len(stops) > 1 else tokenizer.eos_id}
-    ckpt = Checkpoint(args=args, state_dict=sd, format="hf", path=out, metadata=ids)
+    ckpt = Checkpoint(args=args, state_dict=sd, format="hf", path=out, metadata=tokenizer.generation_ids())
     write_checkpoint(out, ckpt, "hf", assets=add_assets)
     return out
 

@@ -41,6 +41,12 @@ class Tokenizer(ABC):
     add_bos: bool
     """Whether the model expects `bos_id` at the start of every sequence (plain completions included)."""
 
+    def generation_ids(self) -> dict[str, int | list[int] | None]:
+        """config.json's and generation_config.json's token ids: transformers stops at `eos_token_id`, so it holds
+        every end-of-turn id (a list when there are several), or generation runs on past the reply."""
+        stops = sorted(self.stop_ids)
+        return {"bos_token_id": self.bos_id, "eos_token_id": stops if len(stops) > 1 else self.eos_id}
+
     @abstractmethod
     def encode(self, text: str, *, bos: bool = False, eos: bool = False, allow_special: bool = False) -> list[int]:
         """Token ids of `text`. Special-token strings inside `text` are ordinary text unless `allow_special`."""

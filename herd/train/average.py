@@ -16,6 +16,7 @@ import torch.distributed.checkpoint as dcp
 from herd.errors import CheckpointError
 from herd.formats import Checkpoint, cast_state_dict, read_checkpoint, write_checkpoint
 from herd.model import ModelArgs, build_model
+from herd.tokenizer import HFTokenizer, load_tokenizer
 from herd.train.checkpoint import _quiet_dcp, is_training_checkpoint, read_params
 
 _TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -58,20 +59,24 @@ def average_to(paths: list[Path], out: Path, *, to: str = "meta", dtype: torch.d
     if dtype is not None:
         sd = cast_state_dict(sd, dtype)
     source = paths[0] if paths[0].is_dir() else paths[0].parent
+    files = [name for name in _TOKENIZER_FILES if (source / name).is_file()]
+    ggufs = sorted(source.glob("*.gguf"))
+    tokenizer = None
+    if ggufs and not files:  # shards packed with a GGUF file's tokenizer: saved as tokenizer.json + template
+        tokenizer = HFTokenizer.from_gguf(ggufs[0])
+    elif files and to == "hf":  # read for its token ids only: the files are copied as they are
+        tokenizer = load_tokenizer(source)
 
     def copy_tokenizer(tmp: Path) -> None:
-        copied = False
-        for name in _TOKENIZER_FILES:
-            if (source / name).is_file():
-                shutil.copyfile(source / name, tmp / name)
-                copied = True
-        ggufs = sorted(source.glob("*.gguf"))
-        if not copied and ggufs:  # shards packed with a GGUF file's tokenizer: saved as tokenizer.json + template
-            from herd.tokenizer import HFTokenizer
+        for name in files:
+            shutil.copyfile(source / name, tmp / name)
+        if not files and isinstance(tokenizer, HFTokenizer):
+            tokenizer.save(tmp)
 
-            HFTokenizer.from_gguf(ggufs[0]).save(tmp)
-
-    write_checkpoint(out, Checkpoint(args=args, state_dict=sd, format=to, path=out), to, assets=copy_tokenizer)
+    # An HF export carries the tokenizer's bos/eos ids (end-of-turn ids included), or transformers never stops.
+    ids = tokenizer.generation_ids() if tokenizer is not None and to == "hf" else {}
+    ckpt = Checkpoint(args=args, state_dict=sd, format=to, path=out, metadata=ids)
+    write_checkpoint(out, ckpt, to, assets=copy_tokenizer)
     return args
 
 

@@ -60,6 +60,28 @@ def test_pack_groups_by_source_and_is_a_no_op_when_repeated(tmp_path) -> None:
         pack(cfg, tmp_path / "out")
 
 
+def test_source_names_are_data_not_paths(tmp_path) -> None:
+    """A record's source names a shard directory: `..` must not write beside the output, `a b` and `a/b` must not
+    share one directory, and `tokenizer` must not land on the tokenizer's copy (issue 22)."""
+    names = ["..", "a b", "a/b", "a_b", "tokenizer", "../../etc", ".hidden", "web"]
+    records = [{"text": f"document {i} from {s}", "source": s} for i, s in enumerate(names * 3)]
+    _write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "deep" / "out"
+    m = pack(PackSection(input=[str(tmp_path / "in.jsonl")]), out)
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]  # nothing written beside it
+    first = {s: m["sources"][s]["shards"][0]["path"].split("/")[0] for s in names}
+    assert all(sh["path"].split("/")[0] == first[s] for s in names for sh in m["sources"][s]["shards"])
+    assert len(set(first.values())) == len(names)  # one directory per source
+    for s in names:
+        for sh in m["sources"][s]["shards"]:
+            path = (out / sh["path"]).resolve()
+            assert path.is_relative_to(out.resolve()) and path.parent.name not in ("tokenizer", "out")
+            assert Shard(path).num_tokens == sh["tokens"]
+    assert m["sources"]["web"]["shards"][0]["path"] == "web/shard-00000.bin"  # plain names stay as they are
+    assert m["sources"]["a_b"]["shards"][0]["path"] == "a_b/shard-00000.bin"
+    assert (out / "tokenizer").is_dir() and not list((out / "tokenizer").glob("*.bin"))
+
+
 def test_reader_skips_and_locates_bad_records(tmp_path) -> None:
     (tmp_path / "ok.jsonl").write_bytes(
         b'{"text": "fine", "id": "a", "url": "u"}\n{"text": "bad \xff utf8"}\n{not json}\n\n'

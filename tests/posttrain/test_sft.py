@@ -61,6 +61,24 @@ def test_an_exported_chat_model_tells_transformers_where_a_turn_ends(tmp_path, s
     args = ModelArgs(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=smol_tokenizer.vocab_size,
                      multiple_of=32, tie_embeddings=True, max_seq_len=64)  # fmt: skip
     write_model(args, build_model(args, device="cpu").state_dict(), smol_tokenizer, tmp_path / "m", dtype="float32")
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["eos_token_id"] == sorted(smol_tokenizer.stop_ids) == [0, 2]
-    assert config["bos_token_id"] == smol_tokenizer.bos_id
+    for name in ("config.json", "generation_config.json"):  # transformers' generate reads the second first
+        config = json.loads((tmp_path / "m" / name).read_text())
+        assert config["eos_token_id"] == sorted(smol_tokenizer.stop_ids) == [0, 2]
+        assert config["bos_token_id"] == smol_tokenizer.bos_id
+
+    # A model whose every logit is 0 picks token 0 (<|endoftext|>, an end of turn) first: transformers' greedy
+    # generate and herd's engine both stop there, where without the ids transformers would run to max_new_tokens.
+    from transformers import AutoModelForCausalLM
+
+    from herd.inference import Engine, SamplingParams
+
+    sd = build_model(args, device="cpu").state_dict()
+    sd["norm.weight"] = torch.zeros_like(sd["norm.weight"])
+    write_model(args, sd, smol_tokenizer, tmp_path / "stops", dtype="float32")
+    prompt = smol_tokenizer.encode_chat([{"role": "user", "content": "Hi"}])
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "stops").eval()
+    out = ref.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt) :].tolist()
+    loaded = load_pretrained(str(tmp_path / "stops"))
+    ours = Engine(loaded.model, loaded.tokenizer).generate([prompt], SamplingParams(max_new_tokens=8))[0]
+    assert out == [0]  # transformers keeps the stop token; herd's Completion.tokens leaves it out
+    assert ours.tokens == [] and (ours.finish_reason, ours.stop_reason) == ("stop", 0)

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from herd.cli import main
 from herd.errors import CheckpointError
 from herd.formats import read_checkpoint
 from herd.formats.load import load_pretrained
+from herd.tokenizer import load_tokenizer
 from herd.train.average import average_to, read_weights
 from herd.train.trainer import Trainer
 
@@ -49,6 +51,10 @@ def test_one_checkpoint_exports_unchanged_and_mismatched_shapes_are_refused(trai
     exported = read_checkpoint(tmp_path / "hf")
     for name, tensor in read_weights(step)[1].items():
         assert torch.equal(exported.state_dict[name], tensor)
+    tokenizer = load_tokenizer(step)  # the run's tiktoken tokenizer.model: eos and end-of-turn ids in the configs
+    assert exported.metadata["eos_token_id"] == tokenizer.generation_ids()["eos_token_id"] is not None
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation == {k: v for k, v in tokenizer.generation_ids().items() if v is not None}
     other = tmp_path / "other"
     average_to([step], other, to="meta")
     ckpt = read_checkpoint(other)
@@ -64,8 +70,6 @@ def test_one_checkpoint_exports_unchanged_and_mismatched_shapes_are_refused(trai
 def test_export_of_a_run_packed_with_a_gguf_tokenizer_carries_that_tokenizer(tmp_path) -> None:
     """Shards packed with a .gguf file's tokenizer (a continued-pretraining run of the embedded model): the
     training checkpoint holds that file, and the export writes its tokenizer as tokenizer.json + template."""
-    import json
-
     from herd.config import PackSection, load
     from herd.data.pack import pack
     from herd.formats.load import resolve_model_path
@@ -90,3 +94,7 @@ def test_export_of_a_run_packed_with_a_gguf_tokenizer_carries_that_tokenizer(tmp
     dialog = [{"role": "user", "content": "Hi there!"}]
     assert loaded.tokenizer.encode_chat(dialog) == source.encode_chat(dialog)
     assert loaded.tokenizer.encode("the cat sat", bos=False) == source.encode("the cat sat", bos=False)
+    # transformers stops at SmolLM2's end-of-turn ids: <|endoftext|> 0 and <|im_end|> 2
+    for name in ("config.json", "generation_config.json"):
+        ids = json.loads((tmp_path / "hf" / name).read_text())
+        assert ids["eos_token_id"] == sorted(source.stop_ids) == [0, 2] and ids["bos_token_id"] == source.bos_id
