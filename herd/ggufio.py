@@ -18,11 +18,15 @@ from herd.errors import CheckpointError
 
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
     """The GGUF key/values as plain python values (tokenizer vocabulary included)."""
-    return read_metadata(open_gguf(Path(path)))
+    return read_metadata(open_gguf(Path(path)), path)
 
 
-def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
-    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+def read_metadata(reader: gguf.GGUFReader, path: str | Path) -> dict[str, Any]:
+    """The reader's key/values; strings are decoded here, so a corrupt one is found here (named by `path`)."""
+    try:
+        return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    except (ValueError, IndexError) as e:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"{path}: corrupt GGUF metadata ({str(e)[:200]})") from None
 
 
 class Reader(gguf.GGUFReader):

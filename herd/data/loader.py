@@ -237,9 +237,22 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(file.read_text())
     except FileNotFoundError:
         raise DataError(f"{file}: not found; is {path} a directory written by `herd data pack`?") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON or not UTF-8
         raise DataError(f"{file}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{file}: expected a JSON object; is this a `herd data pack` manifest?")
     for key in ("tokenizer", "sources"):
-        if key not in manifest:
-            raise DataError(f"{file}: no {key!r} field; is this a `herd data pack` manifest?")
+        if not isinstance(manifest.get(key), dict):
+            raise DataError(f"{file}: no {key!r} object; is this a `herd data pack` manifest?")
+    vocab = manifest["tokenizer"].get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
+        raise DataError(f"{file}: tokenizer.vocab_size must be a positive integer, got {vocab!r}")
+    for name, source in manifest["sources"].items():
+        shards = source.get("shards") if isinstance(source, dict) else None
+        paths = [s.get("path") if isinstance(s, dict) else None for s in shards] if isinstance(shards, list) else [None]
+        if not all(isinstance(p, str) for p in paths):
+            raise DataError(f"{file}: source {name!r} has no list of shards with paths")
+        for s in shards:  # a manifest is data: its paths stay inside the pack directory
+            if Path(s["path"]).is_absolute() or ".." in Path(s["path"]).parts:
+                raise DataError(f"{file}: source {name!r}: shard path {s['path']!r} leaves {path}")
     return manifest

@@ -55,7 +55,6 @@ def pack(cfg: PackSection, output: str | Path, *, progress: bool = False) -> dic
     pending_tokens: dict[str, int] = {}
     skipped: list[str] = []
     with atomic_dir(out, error=DataError) as tmp:
-
         dirs: dict[str, str] = {}  # source -> its shard directory
         taken: dict[str, str] = {}  # shard directory -> its source
 

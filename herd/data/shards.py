@@ -82,7 +82,9 @@ class Shard:
         dtype = np.uint16 if token_bytes == 2 else np.uint32
         self.tokens = np.memmap(self.path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(num_tokens,))
         self.doc_offsets = np.memmap(self.path, dtype="<u8", mode="r", offset=offsets_start, shape=(num_docs + 1,))
-        if self.doc_offsets[0] != 0 or self.doc_offsets[-1] != num_tokens or np.any(np.diff(self.doc_offsets) < 0):
+        # Compared pairwise, not by np.diff: the offsets are unsigned, and a decrease would wrap to a huge length.
+        offsets = self.doc_offsets
+        if offsets[0] != 0 or offsets[-1] != num_tokens or np.any(offsets[1:] < offsets[:-1]):
             raise DataError(f"{self.path}: document offsets are not increasing from 0 to {num_tokens}")
         self.num_tokens, self.num_docs = int(num_tokens), int(num_docs)
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from herd.errors import CheckpointError
+from herd.fileio import read_json
 from herd.formats import hf, meta
 from herd.model import ModelArgs, Transformer, build_model
 
@@ -67,8 +68,6 @@ def read_checkpoint(path: str | Path, *, dtype: torch.dtype | None = None) -> Ch
 
 def read_args(path: str | Path) -> ModelArgs:
     """Model arguments from a checkpoint's metadata alone (no weights are read)."""
-    import json
-
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "gguf":
@@ -76,10 +75,7 @@ def read_args(path: str | Path) -> ModelArgs:
 
         return read_gguf_args(path)
     name = hf.CONFIG if fmt == "hf" else meta.PARAMS
-    try:
-        raw = json.loads((path / name).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / name}: invalid JSON ({e})") from None
+    raw = read_json(path / name, what="model config", error=CheckpointError)
     if fmt == "hf":
         return hf.args_from_hf_config(raw, path / name)
     return meta.args_from_params(raw, path / name)

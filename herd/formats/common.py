@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -10,22 +11,30 @@ from herd.errors import CheckpointError
 from herd.model import ModelArgs, build_model
 
 
-def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-    """Every parameter of the herd model for `args`, with its shape (built on the meta device)."""
-    model = build_model(args, device="meta")
-    return {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+def expected_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """Every parameter of the herd model for `args` with its shape: the non-layer ones, then layer by layer.
+
+    One layer is built (on the meta device) and its names repeated, and lazily: `n_layers` comes from a file, and a
+    corrupt one (4 billion) must fail at the first missing layer, not build or list billions of modules first."""
+    one = build_model(args.replace(n_layers=1), device="meta")
+    shapes = {name: tuple(t.shape) for name, t in one.state_dict(keep_vars=True).items()}
+    yield from ((name, shape) for name, shape in shapes.items() if not name.startswith("layers.0."))
+    layer = [(name.removeprefix("layers.0."), shape) for name, shape in shapes.items() if name.startswith("layers.0.")]
+    for i in range(args.n_layers):
+        yield from ((f"layers.{i}.{rest}", shape) for rest, shape in layer)
 
 
 def check_state_dict(args: ModelArgs, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
     """Raise one line naming the source, the tensor and both shapes at the first disagreement."""
-    expected = expected_shapes(args)
-    for name, shape in expected.items():
+    expected = set()
+    for name, shape in expected_shapes(args):
         if name not in state_dict:
             raise CheckpointError(f"{source}: missing tensor {name!r} (expected shape {list(shape)})")
         got = tuple(state_dict[name].shape)
         if got != shape:
             raise CheckpointError(f"{source}: tensor {name!r} has shape {list(got)}, the model expects {list(shape)}")
-    if unexpected := sorted(state_dict.keys() - expected.keys()):
+        expected.add(name)
+    if unexpected := sorted(state_dict.keys() - expected):
         raise CheckpointError(f"{source}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
 
 

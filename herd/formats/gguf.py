@@ -84,7 +84,7 @@ def read_gguf(
     """
     path = Path(path)
     reader = open_gguf(path)
-    metadata = read_metadata(reader)
+    metadata = read_metadata(reader, path)
     tensors = {t.name: t for t in reader.tensors}
 
     args = _model_args(metadata, tensors, path)
@@ -104,7 +104,7 @@ def read_gguf_args(path: str | Path) -> ModelArgs:
     """Model args from a GGUF file's metadata and tensor list, without dequantizing anything."""
     path = Path(path)
     reader = open_gguf(path)
-    return _model_args(read_metadata(reader), {t.name: t for t in reader.tensors}, path)
+    return _model_args(read_metadata(reader, path), {t.name: t for t in reader.tensors}, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def _gguf_name(herd_name: str) -> str:
 def _check_tensors(args: ModelArgs, tensors: dict[str, Any], path: Path) -> dict[str, str]:
     """Check names and shapes before any dequantization; return GGUF name -> herd name."""
     gguf_to_herd = {}
-    for herd_name, want in expected_shapes(args).items():
+    for herd_name, want in expected_shapes(args):
         if herd_name == "output.weight" and args.tie_embeddings:
             continue
         name = _gguf_name(herd_name)

@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from herd.errors import CheckpointError
-from herd.fileio import atomic_file
+from herd.errors import CheckpointError, ModelError
+from herd.fileio import atomic_file, read_json
 from herd.formats.common import check_state_dict, tensors_tied
 from herd.model import ModelArgs, RopeScaling
 
@@ -68,6 +68,18 @@ def _require(config: dict[str, Any], key: str, source: Path) -> Any:
 
 
 def args_from_hf_config(config: dict[str, Any], source: Path) -> ModelArgs:
+    """ModelArgs of a config.json; any field that does not fit is an error naming `source`."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(config).__name__}")
+    try:
+        return _args_from_hf_config(config, source)
+    except ModelError as e:
+        raise CheckpointError(f"{source}: describes an invalid model ({e})") from None
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError) as e:  # a field of the wrong type
+        raise CheckpointError(f"{source}: invalid config field ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _args_from_hf_config(config: dict[str, Any], source: Path) -> ModelArgs:
     arch = config.get("model_type", "llama")
     if arch != "llama":
         raise CheckpointError(f"{source}: model_type {arch!r} is not a Llama-architecture model")
@@ -205,19 +217,16 @@ def read_hf(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[
     """(args, herd state dict, config.json) from an HF Llama directory."""
     path = Path(path)
     config_path = path / CONFIG
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{config_path}: not found (an HF checkpoint directory needs config.json)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: not found (an HF checkpoint directory needs config.json)")
+    config = read_json(config_path, what="model config", error=CheckpointError)
     args = args_from_hf_config(config, config_path)
 
     if (path / INDEX).is_file():
-        try:
-            weight_map: dict[str, str] = json.loads((path / INDEX).read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{path / INDEX}: not a safetensors index ({e})") from None
+        index = read_json(path / INDEX, what="safetensors index", error=CheckpointError)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{path / INDEX}: not a safetensors index (no weight_map of tensor -> file)")
         files = sorted(set(weight_map.values()))
     elif (path / SINGLE).is_file():
         files = [SINGLE]

@@ -8,15 +8,13 @@ layers (wo, w2) along dim 1; norms are replicated. Merging concatenates along th
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from herd.errors import CheckpointError
-from herd.fileio import atomic_file
+from herd.errors import CheckpointError, ModelError
+from herd.fileio import atomic_file, read_json
 from herd.formats.common import check_state_dict, tensors_tied
 from herd.model import PRESETS, ModelArgs, RopeScaling
 
@@ -45,6 +43,18 @@ def is_meta_dir(path: Path) -> bool:
 
 
 def args_from_params(params: dict[str, Any], source: Path) -> ModelArgs:
+    """ModelArgs of a params.json; any field that does not fit is an error naming `source`."""
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(params).__name__}")
+    try:
+        return _args_from_params(params, source)
+    except ModelError as e:
+        raise CheckpointError(f"{source}: describes an invalid model ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:  # a field of the wrong type
+        raise CheckpointError(f"{source}: invalid field ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _args_from_params(params: dict[str, Any], source: Path) -> ModelArgs:
     for key in ("dim", "n_layers", "n_heads", "vocab_size"):
         if key not in params:
             raise CheckpointError(f"{source}: field {key!r} is missing")
@@ -53,23 +63,20 @@ def args_from_params(params: dict[str, Any], source: Path) -> ModelArgs:
     if params.get("use_scaled_rope"):
         default = 32.0 if llama32 else 8.0
         scaling = RopeScaling(factor=float(params.get("rope_scaling_factor", default)))
-    try:
-        return ModelArgs(
-            dim=params["dim"],
-            n_layers=params["n_layers"],
-            n_heads=params["n_heads"],
-            n_kv_heads=params.get("n_kv_heads"),
-            vocab_size=params["vocab_size"],
-            multiple_of=params.get("multiple_of", 256),
-            ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
-            norm_eps=params.get("norm_eps", 1e-5),
-            rope_theta=params.get("rope_theta", 500000.0),
-            rope_scaling=scaling,
-            tie_embeddings=params.get("tie_embeddings", llama32),
-            max_seq_len=params.get("max_seq_len", 131072 if scaling else 8192),
-        )
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: {e}") from None
+    return ModelArgs(
+        dim=params["dim"],
+        n_layers=params["n_layers"],
+        n_heads=params["n_heads"],
+        n_kv_heads=params.get("n_kv_heads"),
+        vocab_size=params["vocab_size"],
+        multiple_of=params.get("multiple_of", 256),
+        ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
+        norm_eps=params.get("norm_eps", 1e-5),
+        rope_theta=params.get("rope_theta", 500000.0),
+        rope_scaling=scaling,
+        tie_embeddings=params.get("tie_embeddings", llama32),
+        max_seq_len=params.get("max_seq_len", 131072 if scaling else 8192),
+    )
 
 
 def params_from_args(args: ModelArgs) -> dict[str, Any]:
@@ -122,12 +129,9 @@ def _ffn_params(args: ModelArgs) -> tuple[int, float | None]:
 def read_meta(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]:
     """(args, herd state dict, params.json) from a Meta checkpoint directory, shards merged."""
     path = Path(path)
-    try:
-        params = json.loads((path / PARAMS).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path / PARAMS}: not found (a Meta checkpoint directory needs params.json)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / PARAMS}: invalid JSON ({e})") from None
+    if not (path / PARAMS).is_file():
+        raise CheckpointError(f"{path / PARAMS}: not found (a Meta checkpoint directory needs params.json)")
+    params = read_json(path / PARAMS, what="model parameters", error=CheckpointError)
     args = args_from_params(params, path / PARAMS)
     files = shard_files(path)
     if not files:
@@ -159,8 +163,11 @@ def read_meta(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor], dic
 def _load_pth(file: Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{file}: cannot load ({str(e).splitlines()[0]}); the file may be truncated") from None
+    # A corrupt file fails inside torch's zip reader or its weights-only unpickler with whatever that code meets
+    # (RuntimeError, KeyError, UnicodeDecodeError, EOFError...): every failure is the file's.
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{file}: cannot load ({first}); the file may be truncated or corrupt") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{file}: expected a dict of tensors, got {type(sd).__name__}")
     return sd

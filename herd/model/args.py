@@ -8,6 +8,7 @@ Preset values follow Meta's `params.json` files (as listed in `llama_models.sku_
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 from herd.errors import ModelError
@@ -55,9 +56,7 @@ class ModelArgs:
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "multiple_of"):
-            if getattr(self, name) <= 0:
-                raise ModelError(f"model args: {name} must be positive, got {getattr(self, name)}")
+        self._check_sizes("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "multiple_of")
         if self.n_heads % self.n_kv_heads:
             raise ModelError(f"model args: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim is None:
@@ -71,6 +70,14 @@ class ModelArgs:
             if self.ffn_dim_multiplier is not None:
                 hidden = int(self.ffn_dim_multiplier * hidden)
             self.ffn_hidden_dim = self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+        self._check_sizes("head_dim", "ffn_hidden_dim")
+
+    def _check_sizes(self, *names: str) -> None:
+        # Sizes come from files (params.json, config.json, GGUF): 4096.5, true or 0 must not reach torch.empty.
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+                raise ModelError(f"model args: {name} must be a positive integer, got {value!r}")
 
     def replace(self, **changes: object) -> ModelArgs:
         """A copy with some fields changed; derived fields are recomputed unless given."""

@@ -122,6 +122,8 @@ class HFTokenizer(Tokenizer):
             text = value.get("content") if isinstance(value, dict) else value
             if text is None:
                 return None
+            if not isinstance(text, str):
+                raise TokenizerError(f"{path / 'tokenizer_config.json'}: {field} must be a token string, got {text!r}")
             if (token := tok.token_to_id(text)) is None:
                 raise TokenizerError(f"{path / 'tokenizer_config.json'}: {field} {text!r} is not in the vocabulary")
             return token
@@ -236,8 +238,11 @@ class HFTokenizer(Tokenizer):
                 eos_token=self._tok.id_to_token(self.eos_id),
                 **variables,
             )
-        except jinja2.TemplateError as e:
-            raise TokenizerError(f"chat template of {self.source}: {e}") from None
+        except TokenizerError:  # the template's own raise_exception
+            raise
+        except Exception as e:  # a template is data: whatever its code raises (TypeError, ZeroDivisionError...)
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise TokenizerError(f"chat template of {self.source}: {type(e).__name__}: {first}") from None
 
     @property
     def supports_tools(self) -> bool:
@@ -371,6 +376,7 @@ class HFTokenizer(Tokenizer):
     def save(self, directory: str | Path) -> None:
         """Write tokenizer.json + tokenizer_config.json so that transformers and `from_dir` load this tokenizer."""
         directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(directory / "tokenizer.json"))
         name = self._tok.id_to_token
         config: dict[str, Any] = {
@@ -395,8 +401,9 @@ class HFTokenizer(Tokenizer):
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
             return env.from_string(template)
-        except jinja2.TemplateError as e:
-            raise TokenizerError(f"chat template of {self.source} does not compile: {e}") from None
+        except Exception as e:  # TemplateSyntaxError mostly; a template is data, so any failure is its own
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise TokenizerError(f"chat template of {self.source} does not compile: {first}") from None
 
     def _raise_from_template(self, message: str) -> NoReturn:
         raise TokenizerError(f"chat template of {self.source}: {message}")
