@@ -249,10 +249,12 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise DataError(f"{file}: tokenizer.vocab_size must be a positive integer, got {vocab!r}")
     for name, source in manifest["sources"].items():
         shards = source.get("shards") if isinstance(source, dict) else None
-        paths = [s.get("path") if isinstance(s, dict) else None for s in shards] if isinstance(shards, list) else [None]
-        if not all(isinstance(p, str) for p in paths):
-            raise DataError(f"{file}: source {name!r} has no list of shards with paths")
-        for s in shards:  # a manifest is data: its paths stay inside the pack directory
-            if Path(s["path"]).is_absolute() or ".." in Path(s["path"]).parts:
-                raise DataError(f"{file}: source {name!r}: shard path {s['path']!r} leaves {path}")
+        if not isinstance(shards, list):
+            raise DataError(f"{file}: source {name!r} has no list of shards")
+        for shard in shards:
+            where = shard.get("path") if isinstance(shard, dict) else None
+            if not isinstance(where, str):
+                raise DataError(f"{file}: source {name!r}: a shard without a path")
+            if Path(where).is_absolute() or ".." in Path(where).parts:  # a manifest is data: stay in its directory
+                raise DataError(f"{file}: source {name!r}: shard path {where!r} leaves {path}")
     return manifest

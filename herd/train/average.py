@@ -16,7 +16,7 @@ import torch.distributed.checkpoint as dcp
 from herd.errors import CheckpointError
 from herd.formats import Checkpoint, cast_state_dict, read_checkpoint, write_checkpoint
 from herd.model import ModelArgs, build_model
-from herd.tokenizer import HFTokenizer, load_tokenizer
+from herd.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from herd.train.checkpoint import _quiet_dcp, is_training_checkpoint, read_params
 
 _TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -61,7 +61,7 @@ def average_to(paths: list[Path], out: Path, *, to: str = "meta", dtype: torch.d
     source = paths[0] if paths[0].is_dir() else paths[0].parent
     files = [name for name in _TOKENIZER_FILES if (source / name).is_file()]
     ggufs = sorted(source.glob("*.gguf"))
-    tokenizer = None
+    tokenizer: Tokenizer | None = None
     if ggufs and not files:  # shards packed with a GGUF file's tokenizer: saved as tokenizer.json + template
         tokenizer = HFTokenizer.from_gguf(ggufs[0])
     elif files and to == "hf":  # read for its token ids only: the files are copied as they are

@@ -41,7 +41,10 @@ def _meta(root: Path) -> Path:
     torch.manual_seed(0)
     sd = {k: v.detach().clone() for k, v in build_model(ARGS, init=True).state_dict().items()}
     out = root / "meta"
-    write_checkpoint(out, Checkpoint(ARGS, sd, "meta", out), "meta", assets=lambda t: save_ranks(_ranks(), t / "tokenizer.model"))
+    ranks = _ranks()
+    write_checkpoint(
+        out, Checkpoint(ARGS, sd, "meta", out), "meta", assets=lambda t: save_ranks(ranks, t / "tokenizer.model")
+    )
     return out
 
 
@@ -128,7 +131,8 @@ def manifest(root: Path) -> Case:
     from herd.data.pack import pack
 
     docs = root / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"text": f"document {i} on llamas", "source": "ab"[i % 2]}) + "\n" for i in range(20)))
+    records = [{"text": f"document {i} on llamas", "source": "ab"[i % 2]} for i in range(20)]
+    docs.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = root / "packed"
     pack(PackSection(input=[str(docs)], shard_tokens=40), out)
 

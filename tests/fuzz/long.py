@@ -65,7 +65,7 @@ def main() -> None:
             results[name] = pool.apply(run_case, (name, a.minutes * 60, a.seed, a.max_gb))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     summary = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "herd_commit": commit,
         "minutes_per_file": a.minutes,
         "cases": results,

@@ -54,6 +54,15 @@ def test_int_kernels_equal_the_exact_integer_reference(kind, M, K) -> None:
     assert ((y - exact).norm() / exact.norm()) < 0.02
 
 
+def test_swiglu_stays_within_4_ulp_of_float64_over_a_wide_range() -> None:
+    """The kernels' vectorized exp (SwiGLU, the attention softmax) against float64, in ulps of the result."""
+    g = torch.linspace(-80, 80, 200_001)
+    y = kernels.silu_mul(torch.cat([g, torch.full_like(g, 1.5)])[None])[0].double()
+    ref = (g.double() / (1 + torch.exp(-g.double())) * 1.5).float()
+    ulp = (ref.nextafter(torch.tensor(float("inf"))) - ref).double().abs()
+    assert ((y - ref.double()).abs() / ulp).max() <= 4
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("M,K", [(1, 576), (3, 40), (4, 37), (7, 96)])
 def test_dense_kernel_equals_matmul(dtype, M, K) -> None:
