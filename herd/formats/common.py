@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from herd.errors import CheckpointError
+from herd.errors import CheckpointError, ModelError
 from herd.model import ModelArgs, build_model
 
 
@@ -22,6 +23,19 @@ def expected_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
     layer = [(name.removeprefix("layers.0."), shape) for name, shape in shapes.items() if name.startswith("layers.0.")]
     for i in range(args.n_layers):
         yield from ((f"layers.{i}.{rest}", shape) for rest, shape in layer)
+
+
+def args_from_fields(build: Callable[[dict[str, Any], Path], ModelArgs], fields: Any, source: Path) -> ModelArgs:
+    """`build(fields, source)` for a config file's parsed JSON (config.json, params.json). The file is data: anything
+    in it that does not fit (not an object, a field of the wrong type, an invalid shape) is one error naming it."""
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(fields).__name__}")
+    try:
+        return build(fields, source)
+    except ModelError as e:
+        raise CheckpointError(f"{source}: describes an invalid model ({e})") from None
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+        raise CheckpointError(f"{source}: invalid field ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def check_state_dict(args: ModelArgs, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:

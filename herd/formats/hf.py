@@ -15,9 +15,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from herd.errors import CheckpointError, ModelError
+from herd.errors import CheckpointError
 from herd.fileio import atomic_file, read_json
-from herd.formats.common import check_state_dict, tensors_tied
+from herd.formats.common import args_from_fields, check_state_dict, tensors_tied
 from herd.model import ModelArgs, RopeScaling
 
 CONFIG = "config.json"
@@ -68,15 +68,8 @@ def _require(config: dict[str, Any], key: str, source: Path) -> Any:
 
 
 def args_from_hf_config(config: dict[str, Any], source: Path) -> ModelArgs:
-    """ModelArgs of a config.json; any field that does not fit is an error naming `source`."""
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{source}: expected a JSON object, got {type(config).__name__}")
-    try:
-        return _args_from_hf_config(config, source)
-    except ModelError as e:
-        raise CheckpointError(f"{source}: describes an invalid model ({e})") from None
-    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError) as e:  # a field of the wrong type
-        raise CheckpointError(f"{source}: invalid config field ({type(e).__name__}: {str(e)[:200]})") from None
+    """ModelArgs of a config.json; anything in it that does not fit is an error naming `source`."""
+    return args_from_fields(_args_from_hf_config, config, source)
 
 
 def _args_from_hf_config(config: dict[str, Any], source: Path) -> ModelArgs:

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from herd.errors import CheckpointError, ModelError
+from herd.errors import CheckpointError
 from herd.fileio import atomic_file, read_json
-from herd.formats.common import check_state_dict, tensors_tied
+from herd.formats.common import args_from_fields, check_state_dict, tensors_tied
 from herd.model import PRESETS, ModelArgs, RopeScaling
 
 PARAMS = "params.json"
@@ -43,15 +43,8 @@ def is_meta_dir(path: Path) -> bool:
 
 
 def args_from_params(params: dict[str, Any], source: Path) -> ModelArgs:
-    """ModelArgs of a params.json; any field that does not fit is an error naming `source`."""
-    if not isinstance(params, dict):
-        raise CheckpointError(f"{source}: expected a JSON object, got {type(params).__name__}")
-    try:
-        return _args_from_params(params, source)
-    except ModelError as e:
-        raise CheckpointError(f"{source}: describes an invalid model ({e})") from None
-    except (KeyError, TypeError, ValueError) as e:  # a field of the wrong type
-        raise CheckpointError(f"{source}: invalid field ({type(e).__name__}: {str(e)[:200]})") from None
+    """ModelArgs of a params.json; anything in it that does not fit is an error naming `source`."""
+    return args_from_fields(_args_from_params, params, source)
 
 
 def _args_from_params(params: dict[str, Any], source: Path) -> ModelArgs:

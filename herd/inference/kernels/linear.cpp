@@ -157,6 +157,13 @@ constexpr int64_t kBlock = 8;
 
 inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
+// The products of the weight row's and x's group scales for the 8 groups from g, one vector per row of x.
+template <int MB>
+inline void block_scales(const uint16_t* sc, const float* xd, int64_t G, int64_t g, int64_t m0, __m256* s) {
+  const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g)));
+  for (int i = 0; i < MB; ++i) s[i] = _mm256_mul_ps(wd, _mm256_loadu_ps(xd + (m0 + i) * G + g));
+}
+
 // int8: |w| times x with w's signs, one group per vector (its 8 lanes are the group's partial sums).
 template <int MB>
 void q8_row_vnni(const int8_t* q, const uint16_t* sc, const int8_t* xq, const float* xd, int64_t K, int64_t m0,
@@ -165,9 +172,8 @@ void q8_row_vnni(const int8_t* q, const uint16_t* sc, const int8_t* xq, const fl
   __m256 acc[MB][2];
   for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t g = 0; g < GB; g += kBlock) {
-    const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g)));
     __m256 s[MB];
-    for (int i = 0; i < MB; ++i) s[i] = _mm256_mul_ps(wd, _mm256_loadu_ps(xd + (m0 + i) * G + g));
+    block_scales<MB>(sc, xd, G, g, m0, s);
     for (int j = 0; j < kBlock; ++j) {
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (g + j) * kGroup));
       const __m256i aw = _mm256_abs_epi8(w);  // -128 -> 128, right as an unsigned byte
@@ -203,9 +209,8 @@ void q4_row_vnni(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const
   __m256 acc[MB][2];
   for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t g = 0; g < GB; g += kBlock) {
-    const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g)));
     __m256 s[MB];
-    for (int i = 0; i < MB; ++i) s[i] = _mm256_mul_ps(wd, _mm256_loadu_ps(xd + (m0 + i) * G + g));
+    block_scales<MB>(sc, xd, G, g, m0, s);
     for (int p = 0; p < kBlock / 2; ++p) {
       const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (g + 2 * p) * kGroup / 2));
       const __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
