@@ -36,6 +36,9 @@ class Reader(gguf.GGUFReader):
     every np.memmap slice runs memmap's __array_finalize__: 2 s of a 3 s load. A plain view of the
     same mapping reads the same bytes at a quarter of the cost. `_get` is the reader's one slicing
     method in gguf 0.19.0 (pinned).
+
+    It also refuses reads past the end of the file. The stock reader slices short there and goes on, so a corrupt
+    array length (2^64 - 1) had it loop for as long as the count said, reading empty items (found by tests/fuzz).
     """
 
     def _get(
@@ -44,9 +47,20 @@ class Reader(gguf.GGUFReader):
         plain = self.__dict__.get("_plain")
         if plain is None:
             plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
-        count = int(count)
-        arr = plain[offset : offset + np.dtype(dtype).itemsize * count].view(dtype)[:count]
+        count, size = int(count), np.dtype(dtype).itemsize
+        if offset < 0 or count < 0 or offset + size * count > len(plain):
+            raise ValueError(f"{count} x {np.dtype(dtype)} at byte {offset} runs past the end ({len(plain)} bytes)")
+        arr = plain[offset : offset + size * count].view(dtype)[:count]
         return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    def _get_field_parts(self, orig_offs: int, raw_type: int) -> Any:
+        # An array's items take at least a byte each: a length beyond the bytes left is corrupt, and would otherwise
+        # be walked item by item up to the end of a multi-GB file.
+        if raw_type == gguf.GGUFValueType.ARRAY:
+            alen = int(self._get(orig_offs + 4, np.uint64)[0])
+            if alen > len(self.data) - orig_offs:
+                raise ValueError(f"array of {alen} items at byte {orig_offs} is longer than the file")
+        return super()._get_field_parts(orig_offs, raw_type)
 
 
 def open_gguf(path: Path) -> gguf.GGUFReader:

@@ -11,13 +11,12 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from herd.errors import CheckpointError
 from herd.formats import Checkpoint, cast_state_dict, read_checkpoint, write_checkpoint
 from herd.model import ModelArgs, build_model
 from herd.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
-from herd.train.checkpoint import _quiet_dcp, is_training_checkpoint, read_params
+from herd.train.checkpoint import is_training_checkpoint, load_dcp, read_params
 
 _TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -29,8 +28,7 @@ def read_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
         model = build_model(args, device="cpu", init=False)
         sd = model.state_dict()
         try:
-            with _quiet_dcp():
-                dcp.load({"model": sd}, checkpoint_id=str(path))
+            load_dcp({"model": sd}, path)
         except Exception as e:  # DCP raises several types for missing/mismatched entries
             raise CheckpointError(f"{path}: cannot read its model weights ({str(e).splitlines()[0][:200]})") from None
         return args, {k: v.float() for k, v in sd.items()}

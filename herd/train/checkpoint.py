@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -32,6 +34,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from herd.errors import CheckpointError
@@ -41,6 +46,57 @@ from herd.model import ModelArgs, RopeScaling
 _STEP_DIR = re.compile(r"step-(\d+)")
 TRAIN_STATE = "train_state.json"
 PARAMS = "params.json"
+
+
+# DCP's FileSystemReader unpickles `.metadata` with plain pickle, and its default planner torch.loads non-tensor
+# entries with weights_only=False: a checkpoint directory from elsewhere could run code on load. herd loads DCP
+# through the reader and planner below, which accept only the classes a DCP checkpoint holds.
+_DCP_MODULES = ("torch.distributed.checkpoint.",)
+_DCP_GLOBALS = {
+    ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+}  # fmt: skip
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if dtype or (module, name) in _DCP_GLOBALS or module.startswith(_DCP_MODULES):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not part of a DCP checkpoint's metadata")
+
+
+class SafeReader(FileSystemReader):
+    """A FileSystemReader whose metadata unpickling admits DCP's own classes, torch dtypes and sizes only."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        rank = kwargs.get("rank")
+        with open(Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata"), "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if not isinstance(metadata, Metadata):
+            raise pickle.UnpicklingError(f"holds a {type(metadata).__name__}, not DCP metadata")
+        storage = metadata.storage_meta if metadata.storage_meta is not None else StorageMeta()
+        storage.load_id = self.load_id
+        metadata.storage_meta = storage
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, with its non-tensor entries read by torch.load(weights_only=True)."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        loaded = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def load_dcp(state_dict: dict[str, Any], path: Path) -> None:
+    """dcp.load of `path` into `state_dict` in place, without running anything the files could smuggle in."""
+    with _quiet_dcp():
+        dcp.load(state_dict, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
 
 
 @contextlib.contextmanager
@@ -177,9 +233,8 @@ class CheckpointManager:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         target: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
         try:
-            with _quiet_dcp():
-                dcp.load(target, checkpoint_id=str(path))
-        except Exception as e:  # DCP raises several types for missing/mismatched entries
+            load_dcp(target, path)
+        except Exception as e:  # DCP raises several types for missing/mismatched entries (and a refused global)
             raise CheckpointError(f"{path}: cannot load into this model ({str(e).splitlines()[0][:200]})") from None
         set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
         rng = path / f"rng-{self.rank:05d}.pt"

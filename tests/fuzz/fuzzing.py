@@ -12,11 +12,14 @@ reader for minutes and writes the counts to `tests/fuzz/results.json`.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
 import struct
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,29 @@ from herd.errors import HerdError
 # Integers that break size and count fields: zero, one, sign boundaries, all ones.
 EXTREMES = (0, 1, 0x7F, 0xFF, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 2**63 - 1, 2**64 - 1)
 SLOW_S = 10.0  # one read taking longer than this is a defect (the files are kilobytes)
+HANG_S = 60.0  # ... and one still running after this is interrupted, so the run goes on and names it
+
+
+class _Hang(BaseException):
+    """Raised into a read that runs past HANG_S (a BaseException, so the reader's own handlers let it through)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Hang
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -90,7 +116,10 @@ def fuzz(
             where = f"{target.name}, seed {seed}, run {out.runs} ({len(data)} bytes)"  # runs replay from the seed
             start = time.monotonic()
             try:
-                read()
+                with _deadline(HANG_S):
+                    read()
+            except _Hang:
+                out.failures.append(f"{where}: still reading after {HANG_S:.0f} s (interrupted)")
             except HerdError as e:
                 message = str(e)
                 if "\n" in message:
