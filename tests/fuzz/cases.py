@@ -1,6 +1,6 @@
 """Valid seed files for each reader herd has, and the call that reads them the way a user's command would.
 
-`build(name, root)` writes the seed files under `root` and returns a Case: the files to corrupt and the read.
+`CASES[name](root)` writes a reader's seed files under `root` and returns a Case: the files to corrupt and the read.
 Every seed is written by herd itself, tiny, so a read takes milliseconds."""
 
 from __future__ import annotations
