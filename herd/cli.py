@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from herd.errors import HerdError
+from herd.errors import HerdError, TokenizerError
 from herd.eval.commands import add_eval_parser
 from herd.fileio import read_json
 from herd.safety.codeshield import add_codeshield_parser
@@ -289,14 +289,17 @@ def cmd_tokenize(a: argparse.Namespace) -> None:
         messages = read_json(a.dialog, what="dialog")
         if not isinstance(messages, list):
             raise HerdError(f"{a.dialog}: expected a JSON list of messages")
-        if isinstance(tok, Llama3Tokenizer):
-            from herd.tokenizer.chat_format import ChatFormat, Message
+        try:
+            if isinstance(tok, Llama3Tokenizer):
+                from herd.tokenizer.chat_format import ChatFormat, Message
 
-            dialog = [Message.from_dict(m, index=i) for i, m in enumerate(messages)]
-            fmt = ChatFormat(tok)
-            ids, mask = fmt.encode_dialog(dialog) if a.complete else (fmt.encode_dialog_prompt(dialog), None)
-        else:
-            ids = tok.encode_chat(messages, add_generation_prompt=not a.complete)
+                dialog = [Message.from_dict(m, index=i) for i, m in enumerate(messages)]
+                fmt = ChatFormat(tok)
+                ids, mask = fmt.encode_dialog(dialog) if a.complete else (fmt.encode_dialog_prompt(dialog), None)
+            else:
+                ids = tok.encode_chat(messages, add_generation_prompt=not a.complete)
+        except TokenizerError as e:  # a message that does not fit the format: name the file it came from
+            raise TokenizerError(f"{a.dialog}: {e}") from None
     else:
         if a.file is not None:
             try:

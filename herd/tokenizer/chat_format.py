@@ -189,6 +189,11 @@ def _pretty_json(value: Any, level: int = 0) -> str:
 
 def format_tool_call(call: ToolCall, fmt: str = "json") -> str:
     """The text of a tool call as the model writes it."""
+    # The built-in tools' forms hold one argument; a call without it (or with another type) cannot be written.
+    builtin = "query" if call.name in SEARCH_TOOLS else "code" if call.name == CODE_INTERPRETER else None
+    args = call.arguments if isinstance(call.arguments, dict) else {}
+    if builtin is not None and not isinstance(args.get(builtin), str):
+        raise TokenizerError(f"a {call.name} call needs a string {builtin!r} argument, got {call.arguments!r:.80}")
     if call.name in SEARCH_TOOLS:
         return f'{call.name}.call(query="{call.arguments["query"]}")'
     if call.name == CODE_INTERPRETER:

@@ -5,6 +5,8 @@ Every seed is written by herd itself, tiny, so a read takes milliseconds."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 from collections.abc import Callable
@@ -143,6 +145,29 @@ def manifest(root: Path) -> Case:
     return Case([out / "manifest.json", out / "a" / "shard-00000.bin"], read, names=(str(out),))
 
 
+def dialog(root: Path) -> Case:
+    """`herd tokenize --dialog F --complete`: the dialog file through the CLI, in Llama 3's format (tool calls too)."""
+    from herd.cli import main
+    from herd.errors import HerdError
+
+    save_ranks(_ranks(), root / "tokenizer.model")  # a small tiktoken vocabulary with Llama 3's special tokens: fast
+    path = root / "d.json"
+    call = {"name": "brave_search", "arguments": {"query": "gold"}}
+    turns = [*DIALOG, {"role": "user", "content": "Gold?"}, {"role": "assistant", "tool_calls": [call]},
+             {"role": "tool", "content": "2650"}, {"role": "assistant", "content": "About 2650."}]  # fmt: skip
+    path.write_text(json.dumps(turns))
+
+    def read() -> object:
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = main(["tokenize", "--tokenizer", str(root / "tokenizer.model"), "--dialog", str(path), "--complete"])
+        if code:  # the CLI printed its error: hand the line to the harness's checks
+            raise HerdError(err.getvalue().strip().removeprefix("herd: error: "))
+        return code
+
+    return Case([path], read)
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     "shard": shard,
     "meta": meta,
@@ -152,4 +177,5 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "jsonl": jsonl,
     "config": config,
     "manifest": manifest,
+    "dialog": dialog,
 }
