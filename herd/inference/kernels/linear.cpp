@@ -379,7 +379,7 @@ void q4_row(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const int8
 #ifdef HERD_BF16
 // bfloat16 weights against x rounded to bfloat16 (xb, as a bfloat16 model's activations are, and as llama.cpp's BF16
 // path does): each 64-byte load of the weight row is one dpbf16ps per row of x, where widening to float32 costs three
-// instructions per 16 weights and leaves the kernel short of the memory's rate.
+// instructions per 16 weights.
 template <int MB>
 void bf16_row_dp(const at::BFloat16* w, const at::BFloat16* xb, int64_t K, int64_t m0, float* out, int64_t N) {
   __m512 acc[MB][2];
