@@ -4,6 +4,12 @@ Messages name the file, field or value at fault and, where it helps, what to do 
 """
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors that
+    wrap what a third-party reader or a template raised."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:limit]
+
+
 class HerdError(Exception):
     """Base of every error herd raises on purpose (bad input, missing file, unsupported format)."""
 

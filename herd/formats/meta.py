@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from herd.errors import CheckpointError
+from herd.errors import CheckpointError, first_line
 from herd.fileio import atomic_file, read_json
 from herd.formats.common import args_from_fields, check_state_dict, tensors_tied
 from herd.model import PRESETS, ModelArgs, RopeScaling
@@ -159,7 +159,7 @@ def _load_pth(file: Path) -> dict[str, torch.Tensor]:
     # A corrupt file fails inside torch's zip reader or its weights-only unpickler with whatever that code meets
     # (RuntimeError, KeyError, UnicodeDecodeError, EOFError...): every failure is the file's.
     except Exception as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise CheckpointError(f"{file}: cannot load ({first}); the file may be truncated or corrupt") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{file}: expected a dict of tensors, got {type(sd).__name__}")

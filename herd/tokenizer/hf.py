@@ -18,7 +18,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as RustTokenizer
 
-from herd.errors import TokenizerError
+from herd.errors import TokenizerError, first_line
 from herd.tokenizer.base import STOP_TOKEN_TEXTS, Tokenizer
 from herd.tokenizer.llama3 import PATTERN as LLAMA3_REGEX
 
@@ -241,7 +241,7 @@ class HFTokenizer(Tokenizer):
         except TokenizerError:  # the template's own raise_exception
             raise
         except Exception as e:  # a template is data: whatever its code raises (TypeError, ZeroDivisionError...)
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e)
             raise TokenizerError(f"chat template of {self.source}: {type(e).__name__}: {first}") from None
 
     @property
@@ -402,7 +402,7 @@ class HFTokenizer(Tokenizer):
         try:
             return env.from_string(template)
         except Exception as e:  # TemplateSyntaxError mostly; a template is data, so any failure is its own
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e)
             raise TokenizerError(f"chat template of {self.source} does not compile: {first}") from None
 
     def _raise_from_template(self, message: str) -> NoReturn:
