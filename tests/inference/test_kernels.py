@@ -132,6 +132,12 @@ def test_large_batches_take_the_chunked_gemm_path_and_agree_with_the_kernel(kind
     if kind == "none-bf16" and _native_bf16():  # oneDNN's bf16 GEMM: x and the product rounded to bfloat16
         assert torch.equal(big, torch.nn.functional.linear(x.bfloat16(), weight).float())
         assert ((big - exact).norm() / exact.norm()) < 1e-2
+    elif _native_bf16():  # packed weights: each row chunk dequantized, rounded to bfloat16, oneDNN's bf16 GEMM
+        assert not isinstance(weight, torch.Tensor)
+        chunks = [weight.dequantize()[n : n + 70].bfloat16() for n in range(0, 300, 70)]
+        expected = torch.cat([torch.nn.functional.linear(x.bfloat16(), c).float() for c in chunks], dim=-1)
+        assert torch.equal(big, expected)
+        assert ((big - exact).norm() / exact.norm()) < 1e-2
     else:
         assert torch.allclose(big, exact, rtol=1e-4, atol=1e-4)
     small = torch.cat([lin(x[i : i + 1]) for i in range(x.shape[0])])

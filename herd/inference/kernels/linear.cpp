@@ -164,38 +164,62 @@ inline void block_scales(const uint16_t* sc, const float* xd, int64_t G, int64_t
   for (int i = 0; i < MB; ++i) s[i] = _mm256_mul_ps(wd, _mm256_loadu_ps(xd + (m0 + i) * G + g));
 }
 
-// int8: |w| times x with w's signs, one group per vector (its 8 lanes are the group's partial sums).
+// In the int8 kernel the 8 groups of a block each leave a vector of 8 int32 partial sums, which horizontal adds sum
+// up per group in the integer domain: one conversion and one multiply-add per block and row of x remain, where
+// converting every group's vector to float and scaling it cost three float instructions per dpbusd (7-9% faster
+// at 8-64 rows of x on the Zen 4 of benchmarks/results/generate.json, the same at one row).
+// hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7]. Two rounds of it over groups 0..3 give
+// [lanes 0-3 of groups 0..3 | lanes 4-7 of groups 0..3]; combine_quads adds that and the one of groups 4..7 into the
+// 8 group sums in order.
+inline __m256i combine_quads(__m256i q03, __m256i q47) {
+  return _mm256_add_epi32(_mm256_blend_epi32(q03, q47, 0xF0), _mm256_permute2x128_si256(q03, q47, 0x21));
+}
+
+// int8: x is stored as x + 128 (unsigned, quantize_x's biased form), so dpbusd takes x as its unsigned operand and w
+// as the signed one; 128 * sum(w), the bias, is computed once per weight group for all rows of x and subtracted
+// from the integer sums.
 template <int MB>
-void q8_row_vnni(const int8_t* q, const uint16_t* sc, const int8_t* xq, const float* xd, int64_t K, int64_t m0,
+void q8_row_vnni(const int8_t* q, const uint16_t* sc, const uint8_t* xu, const float* xd, int64_t K, int64_t m0,
                  float* out, int64_t N) {
   const int64_t G = K / kGroup, GB = G - G % kBlock;
-  __m256 acc[MB][2];
-  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  const __m256i k128 = _mm256_set1_epi8(static_cast<char>(0x80));
+  auto load = [](const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
+  __m256 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t g = 0; g < GB; g += kBlock) {
+    __m256i quad[2][MB + 1];  // [i < MB]: row i of x; [MB]: the bias
+    for (int h = 0; h < 2; ++h) {
+      __m256i pair[2][MB + 1];
+      for (int p = 0; p < 2; ++p) {
+        const int64_t j = g + 4 * h + 2 * p;
+        const __m256i w0 = load(q + j * kGroup), w1 = load(q + (j + 1) * kGroup);
+        const __m256i z = _mm256_setzero_si256();
+        pair[p][MB] = _mm256_hadd_epi32(dot_u8s8(z, k128, w0), dot_u8s8(z, k128, w1));
+        for (int i = 0; i < MB; ++i) {
+          const uint8_t* x = xu + (m0 + i) * K + j * kGroup;
+          pair[p][i] = _mm256_hadd_epi32(dot_u8s8(z, load(x), w0), dot_u8s8(z, load(x + kGroup), w1));
+        }
+      }
+      for (int i = 0; i <= MB; ++i) quad[h][i] = _mm256_hadd_epi32(pair[0][i], pair[1][i]);
+    }
+    const __m256i bias = combine_quads(quad[0][MB], quad[1][MB]);
     __m256 s[MB];
     block_scales<MB>(sc, xd, G, g, m0, s);
-    for (int j = 0; j < kBlock; ++j) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (g + j) * kGroup));
-      const __m256i aw = _mm256_abs_epi8(w);  // -128 -> 128, right as an unsigned byte
-      const __m256i lane = _mm256_set1_epi32(j);
-      for (int i = 0; i < MB; ++i) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + (g + j) * kGroup));
-        const __m256i d = dot_u8s8(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w));
-        acc[i][j & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_permutevar8x32_ps(s[i], lane), acc[i][j & 1]);
-      }
+    for (int i = 0; i < MB; ++i) {
+      const __m256i sums = _mm256_sub_epi32(combine_quads(quad[0][i], quad[1][i]), bias);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s[i], acc[i]);
     }
   }
-  for (int64_t g = GB; g < G; ++g) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + g * kGroup));
-    const __m256i aw = _mm256_abs_epi8(w);
+  for (int64_t g = GB; g < G; ++g) {  // the last G % 8 groups: lanes of partial sums, added up at the end
+    const __m256i w = load(q + g * kGroup);
+    const __m256i bias = dot_u8s8(_mm256_setzero_si256(), k128, w);
     const float wd = _cvtsh_ss(sc[g]);
     for (int i = 0; i < MB; ++i) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + g * kGroup));
-      const __m256i d = dot_u8s8(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w));
-      acc[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(wd * xd[(m0 + i) * G + g]), acc[i][0]);
+      const __m256i d = _mm256_sub_epi32(dot_u8s8(_mm256_setzero_si256(), load(xu + (m0 + i) * K + g * kGroup), w), bias);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(wd * xd[(m0 + i) * G + g]), acc[i]);
     }
   }
-  for (int i = 0; i < MB; ++i) out[i * N] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+  for (int i = 0; i < MB; ++i) out[i * N] = hsum(acc[i]);
 }
 
 // int4: two groups per vector. Their 32 packed bytes give the low nibbles (values 0..15 of both groups) and the
@@ -311,7 +335,38 @@ inline float softmax_weights(float* p, int64_t n, float best) {
   return s;
 }
 
+// y (H) = sum_j p[j] * v[j * H ..], over the keys with a nonzero weight (a masked key's value row is never read). 32
+// outputs at a time stay in registers across all keys: accumulating into y in memory costs a load and a store per 8
+// products.
+inline void weighted_rows(const float* p, const float* v, int64_t n, int64_t H, float* y) {
+  int64_t e0 = 0;
+  for (; e0 + 32 <= H; e0 += 32) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t j = 0; j < n; ++j) {
+      if (p[j] == 0.0f) continue;
+      const __m256 w = _mm256_set1_ps(p[j]);
+      const float* row = v + j * H + e0;
+      for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * u), acc[u]);
+    }
+    for (int u = 0; u < 4; ++u) _mm256_storeu_ps(y + e0 + 8 * u, acc[u]);
+  }
+  for (int64_t e = e0; e < H; ++e) {
+    float a = 0.0f;
+    for (int64_t j = 0; j < n; ++j)
+      if (p[j] != 0.0f) a += p[j] * v[j * H + e];
+    y[e] = a;
+  }
+}
+
 #else  // portable reference loops
+
+inline void weighted_rows(const float* p, const float* v, int64_t n, int64_t H, float* y) {
+  std::fill(y, y + H, 0.0f);
+  for (int64_t j = 0; j < n; ++j) {
+    if (p[j] == 0.0f) continue;
+    for (int64_t e = 0; e < H; ++e) y[e] += p[j] * v[j * H + e];
+  }
+}
 
 inline void silu_mul_row(const float* g, const float* u, float* o, int64_t n) {
   for (int64_t j = 0; j < n; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
@@ -477,8 +532,9 @@ struct QuantizedX {
 
 // pair_order: within each whole block of 8 groups, groups 2p and 2p+1 are stored as [first 16 of 2p, first 16 of
 // 2p+1, last 16 of 2p, last 16 of 2p+1], the order of a pair of packed int4 groups' low then high nibbles (the
-// VNNI int4 kernel). The scales and sums stay per group in natural order.
-QuantizedX quantize_x(const at::Tensor& x, bool pair_order = false) {
+// VNNI int4 kernel). The scales and sums stay per group in natural order. biased: the values are stored as
+// xq + 128 in uint8's bits (the VNNI int8 kernel's unsigned operand); the sums are of xq.
+QuantizedX quantize_x(const at::Tensor& x, bool pair_order = false, bool biased = false) {
   const int64_t M = x.size(0), K = x.size(1), G = K / kGroup;
   QuantizedX r{at::empty({M, K}, x.options().dtype(at::kChar)), at::empty({M, G}, x.options()),
                at::empty({M, G}, x.options())};
@@ -499,7 +555,7 @@ QuantizedX quantize_x(const at::Tensor& x, bool pair_order = false) {
     for (int64_t j = 0; j < kGroup; ++j) {
       const int32_t r8 = std::clamp(static_cast<int32_t>(std::nearbyint(v[j] * inv)), -127, 127);
       const int64_t at = paired ? pair_base + (j < 16 ? half + j : kGroup + half + j - 16) : g * kGroup + j;
-      q[at] = static_cast<int8_t>(r8);
+      q[at] = static_cast<int8_t>(biased ? r8 ^ 0x80 : r8);  // biased: the bits of r8 + 128 as uint8
       total += r8;
     }
     d[g] = scale;
@@ -515,14 +571,19 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   check_x(x, K, "herd::linear_int8");
   const int64_t G = K / kGroup;
   check_groups(scales, N, G, "herd::linear_int8: scales");
+#ifdef HERD_VNNI
+  const QuantizedX qx = quantize_x(x, /*pair_order=*/false, /*biased=*/true);
+#else
   const QuantizedX qx = quantize_x(x);
+#endif
   const int8_t* xqp = qx.xq.data_ptr<int8_t>();
   const float* xdp = qx.xd.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
   return run_rows(x, N, K + 2 * G, [&](auto mb, int64_t n, int64_t m0, float* o) {
 #ifdef HERD_VNNI
-    q8_row_vnni<decltype(mb)::value>(qp + n * K, sp + n * G, xqp, xdp, K, m0, o, N);
+    q8_row_vnni<decltype(mb)::value>(qp + n * K, sp + n * G, reinterpret_cast<const uint8_t*>(xqp), xdp, K, m0,
+                                    o, N);
 #else
     q8_row<decltype(mb)::value>(qp + n * K, sp + n * G, xqp, xdp, K, m0, o, N);
 #endif
@@ -684,14 +745,12 @@ at::Tensor cache_attend(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_
         best = std::max(best, p[j]);
       }
       float* y = o + (b * T + t) * N * H + n * H;
-      std::fill(y, y + H, 0.0f);
-      if (best == -INFINITY) continue;  // every key masked: zeros
-      const float total = softmax_weights(p.data(), Sb, best);
-      for (int64_t j = 0; j < Sb; ++j) {
-        if (p[j] == 0.0f) continue;  // masked
-        const float w = p[j];
-        for (int64_t e = 0; e < H; ++e) y[e] += w * vb[j * H + e];
+      if (best == -INFINITY) {  // every key masked: zeros
+        std::fill(y, y + H, 0.0f);
+        continue;
       }
+      const float total = softmax_weights(p.data(), Sb, best);
+      weighted_rows(p.data(), vb, Sb, H, y);
       const float inv = total > 0 ? 1.0f / total : 0.0f;
       for (int64_t e = 0; e < H; ++e) y[e] *= inv;
     }
