@@ -813,6 +813,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"herd: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # a write the disk refused outside herd's writers (a library's own files)
+        from herd.fileio import refused_write
+
+        if a.debug or (refused := refused_write(e)) is None:
+            raise
+        print(f"herd: error: {refused.filename or 'a write'}: cannot write: {refused.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -14,6 +14,11 @@ class HerdError(Exception):
     """Base of every error herd raises on purpose (bad input, missing file, unsupported format)."""
 
 
+class StorageError(HerdError):
+    """The disk refused a write (full, over quota, read-only, an I/O error). herd writes through temporary names, so
+    what was written before is intact."""
+
+
 class ModelError(HerdError):
     """Invalid model arguments or an unknown preset."""
 

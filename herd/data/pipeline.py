@@ -341,7 +341,8 @@ class Curator:
             sample = [d["text"] for d in docs[:: max(1, len(docs) // q.judge_sample)][: q.judge_sample]]
             classifier, report = label_and_train_quality(sample, judge)
             classifier.save(quality)
-            (self.models / "quality_training.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
+            with atomic_file(self.models / "quality_training.json", "w") as f:
+                json.dump(dataclasses.asdict(report), f, indent=2)
         self.timings["fit"] = time.perf_counter() - t
         self.log(f"  {'fit':<10} {self.timings['fit']:6.1f}s")
 

@@ -27,7 +27,7 @@ import gguf
 import torch
 
 from herd.errors import CheckpointError
-from herd.fileio import fsync_dir
+from herd.fileio import fsync_dir, storage_errors
 from herd.formats import Checkpoint, read_checkpoint
 from herd.formats.common import check_state_dict
 from herd.formats.gguf import ROPE_FREQS, _gguf_name
@@ -106,17 +106,18 @@ def write_gguf(
     # hands out a file object instead).
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     try:
-        writer = gguf.GGUFWriter(tmp, "llama")
-        _add_model_keys(writer, ckpt.args, name or _default_name(ckpt), file_type)
-        _add_vocab_keys(writer, vocab)
-        tensors = _add_tensors(writer, ckpt, matrix_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        with storage_errors(out):
+            writer = gguf.GGUFWriter(tmp, "llama")
+            _add_model_keys(writer, ckpt.args, name or _default_name(ckpt), file_type)
+            _add_vocab_keys(writer, vocab)
+            tensors = _add_tensors(writer, ckpt, matrix_type)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

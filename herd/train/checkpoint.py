@@ -36,11 +36,12 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from herd.errors import CheckpointError
-from herd.fileio import atomic_file, fsync_dir
+from herd.fileio import atomic_file, fsync_dir, refused_write, storage_error
 from herd.model import ModelArgs, RopeScaling
 
 _STEP_DIR = re.compile(r"step-(\d+)")
@@ -100,6 +101,23 @@ def load_dcp(state_dict: dict[str, Any], path: Path) -> None:
 
 
 @contextlib.contextmanager
+def _storage_errors(tmp: Path, rank: int) -> Iterator[None]:
+    """A save the disk refused (full, read-only...) becomes one StorageError naming the step, and its partial directory
+    goes, to give the space back; the committed steps before it are untouched. DCP reports a writer's OSError inside
+    a CheckpointException (a BaseException), with every rank's failure."""
+    try:
+        yield
+    except (Exception, CheckpointException) as e:
+        errors = [f[0] for f in e.failures.values()] if isinstance(e, CheckpointException) else [e]
+        refused = next((r for x in errors if (r := refused_write(x)) is not None), None)
+        if refused is None:
+            raise
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise storage_error(refused, tmp) from None
+
+
+@contextlib.contextmanager
 def _quiet_dcp() -> Iterator[None]:
     with warnings.catch_warnings():
         # Single-process save/load is intended here; DCP warns about it every time.
@@ -122,7 +140,7 @@ class CheckpointManager:
         self.folder, self.keep_last, self.rank, self.distributed = Path(folder), keep_last, rank, distributed
         self.async_save = async_save
         # (future, commit) of an async save in flight
-        self._pending: tuple[Future[Any], Callable[[], None]] | None = None
+        self._pending: tuple[Future[Any], Callable[[], None], Path] | None = None
         # The background writer's collectives get their own group, so they never interleave with training's.
         self._group = dist.new_group(backend="gloo") if async_save and distributed else None
         self.timings: list[dict[str, Any]] = []
@@ -188,14 +206,14 @@ class CheckpointManager:
                     shutil.rmtree(old, ignore_errors=True)
             self._barrier()
 
-        with _quiet_dcp():
+        with _quiet_dcp(), _storage_errors(tmp, self.rank):
             if self.async_save:
                 future = dcp.async_save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp),
                                         process_group=self._group)  # fmt: skip
                 # A Future, not an AsyncSaveResponse: without an async_stager DCP stages (copies) the state before
                 # it returns, which training relies on since it goes on to update the weights.
                 assert isinstance(future, Future)
-                self._pending = (future, commit)
+                self._pending = (future, commit, tmp)
             else:
                 dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
                 commit()
@@ -217,11 +235,11 @@ class CheckpointManager:
     def wait(self) -> None:
         """Finish and commit an async save in flight."""
         if self._pending is not None:
-            future, commit = self._pending
+            future, commit, tmp = self._pending
             self._pending = None
-            with _quiet_dcp():
+            with _quiet_dcp(), _storage_errors(tmp, self.rank):
                 future.result()
-            commit()
+                commit()
 
     def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Restore model, optimizer and this rank's RNG in place; return the train state."""

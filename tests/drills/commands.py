@@ -1,0 +1,130 @@
+"""The long-running commands the crash drills kill, each with inputs big enough that a kill can land mid-write.
+
+Training, post-training and `herd run` have their own kill tests (tests/train/test_train_resume.py,
+tests/posttrain/test_resume.py, tests/recipe/test_run.py); these are the data and checkpoint commands."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from drill import Drill
+
+WORDS = [
+    "amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "iris", "juniper", "kelp", "lumen",
+    "maple", "nectar", "onyx", "pebble", "quartz", "raven", "sage", "tundra", "umber", "violet", "willow", "xenon",
+]  # fmt: skip
+PACK = [
+    "data", "pack", "-i", "docs.jsonl", "-o", "shards", "--tokenizer", "tok/tokenizer.model",
+    "--source-field", "source", "--shard-tokens", "4000",
+]  # fmt: skip
+
+
+def _documents(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        sentences = [" ".join(rng.choices(WORDS, k=rng.randint(6, 14))).capitalize() + "." for _ in range(8)]
+        docs.append({"id": f"doc-{i}", "text": " ".join(sentences), "source": ("north", "south", "east")[i % 3]})
+    docs += [dict(d, id=d["id"] + "-copy") for d in docs[: n // 10]]  # exact duplicates for curate's dedup
+    return docs
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def build_inputs(root: Path) -> Path:
+    """Inputs every drill copies: part of the embedded raw corpus, a jsonl of generated documents, a BPE tokenizer,
+    and two HF checkpoints of one shape."""
+    import torch
+
+    from herd.data.corpus import build_corpus
+    from herd.formats import Checkpoint, resolve_model_path, write_checkpoint
+    from herd.model import ModelArgs, build_model
+    from herd.posttrain.loader import save_tokenizer
+    from herd.tokenizer import HFTokenizer
+    from herd.tokenizer.train import save_ranks, train_bpe
+
+    root.mkdir(parents=True, exist_ok=True)
+    build_corpus(root / "raw", max_base=200, num_files=4)  # real text for curate (its language ID drops word salad)
+    docs = _documents(3000)
+    _write_jsonl(root / "docs.jsonl", docs)
+    save_ranks(train_bpe([d["text"] for d in docs[:300]], 640), root / "tok" / "tokenizer.model")
+    # About 30M parameters (120 MB in float32) with the embedded model's tokenizer, so that writing a conversion
+    # takes a good part of the command's time.
+    tokenizer = HFTokenizer.from_gguf(resolve_model_path(None))
+    args = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size, multiple_of=64,
+                     max_seq_len=256)  # fmt: skip
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(args, device="cpu", init=False)
+        model.init_weights(std=0.02)
+        sd = {k: v.detach() for k, v in model.state_dict().items()}
+        path = root / f"model-{seed}"
+        write_checkpoint(path, Checkpoint(args=args, state_dict=sd, format="hf", path=path), "hf",
+                         assets=lambda tmp: save_tokenizer(tokenizer, tmp))  # fmt: skip
+    return root
+
+
+def _copy(inputs: Path, *names: str) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        for name in names:
+            src = inputs / name
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+
+    return setup
+
+
+def drills(inputs: Path) -> dict[str, Drill]:
+    return {
+        "data corpus": Drill(
+            args=["data", "corpus", "-o", "corpus"],
+            output="corpus",
+            complete=lambda out: (out / "corpus.json").is_file(),
+        ),
+        "data curate": Drill(
+            args=["data", "curate", "-i", "raw", "-o", "curate", "--no-quality", "--tasks", "4"],
+            output="curate",
+            complete=lambda out: (out / "report.json").is_file(),
+            setup=_copy(inputs, "raw"),
+            # Timings and the pages drawn from them.
+            volatile=("report.json", "report.html", "report.png", "logs/*"),
+            in_place={  # fnmatch's * crosses "/"
+                "kept/*": "datatrove's task outputs: a task counts once its completion marker is written, and a "
+                "rerun rewrites every task without one",
+                "removed/*": "as kept/",
+                "errors/*": "as kept/",
+                "stages/*": "as kept/: the clean and dedup stages' outputs, the next stage's inputs",
+                "logs/*": "datatrove's logs, stats, executor records and completion markers (empty files made once "
+                "a task's outputs are closed)",
+            },
+        ),
+        "data pack": Drill(
+            args=PACK,
+            output="shards",
+            complete=lambda out: (out / "manifest.json").is_file(),
+            setup=_copy(inputs, "docs.jsonl", "tok"),
+        ),
+        "convert to meta": Drill(
+            args=["convert", "model-0", "meta", "--to", "meta"],
+            output="meta",
+            complete=lambda out: (out / "params.json").is_file(),
+            setup=_copy(inputs, "model-0"),
+        ),
+        "convert to gguf": Drill(
+            args=["convert", "model-0", "out/model.gguf", "--to", "gguf"],
+            output="out",
+            complete=lambda out: (out / "model.gguf").is_file(),
+            setup=_copy(inputs, "model-0"),
+        ),
+        "ckpt average": Drill(
+            args=["ckpt", "average", "model-0", "model-1", "--out", "avg", "--to", "hf"],
+            output="avg",
+            complete=lambda out: (out / "config.json").is_file(),
+            setup=_copy(inputs, "model-0", "model-1"),
+        ),
+    }
