@@ -78,11 +78,13 @@ def histograms(docs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
-    with atomic_file(out_dir / "report.json", "w") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False)
+    """report.png, report.html, then report.json: the JSON, which marks a finished run, comes last (a run killed
+    between the files otherwise looked finished without its pages; found by tests/drills)."""
     _plot(report, out_dir / "report.png")
     with atomic_file(out_dir / "report.html", "w") as f:
         f.write(_html(report))
+    with atomic_file(out_dir / "report.json", "w") as f:
+        json.dump(report, f, indent=2, ensure_ascii=False)
 
 
 def format_curate(report: dict[str, Any], out_dir: Path) -> str:

@@ -56,7 +56,13 @@ def run_sweep(cfg: JobConfig, *, progress: bool = False, log=_say) -> dict[str, 
     out = Path(cfg.job.dump_folder)
     out.mkdir(parents=True, exist_ok=True)
     train_dir, val_dir, val_docs = prepare_data(cfg, out)
-    items = build_items(val_docs, num_items=s.task_items, distractors=s.task_distractors, seed=cfg.job.seed)
+    try:
+        items = build_items(val_docs, num_items=s.task_items, distractors=s.task_distractors, seed=cfg.job.seed)
+    except ValueError as e:  # held-out documents too short, or too few sources for the distractors asked for
+        raise SweepError(
+            f"{', '.join(cfg.pack.input)}: cannot build the held-out task: {e} (scaling.task_distractors="
+            f"{s.task_distractors!r} draws them by pack.source_field={cfg.pack.source_field!r}; 'any' ignores it)"
+        ) from None
     manifest = _open_manifest(cfg, out)
     vocab = MixLoader([str(train_dir)]).vocab_size
 

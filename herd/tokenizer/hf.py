@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as RustTokenizer
 
 from herd.errors import TokenizerError, first_line
 from herd.tokenizer.base import STOP_TOKEN_TEXTS, Tokenizer
 from herd.tokenizer.llama3 import PATTERN as LLAMA3_REGEX
+from herd.tokenizer.template import BoundedSandbox, render_bounded
 
 # GGUF `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type) that become added tokens.
 GGUF_CONTROL = 3
@@ -230,14 +230,11 @@ class HFTokenizer(Tokenizer):
         if self._template is None:
             self._template = self._compile(self.chat_template)
         bos = self._tok.id_to_token(self.bos_id) if self.bos_id is not None else ""
+        values = {"messages": messages, "add_generation_prompt": add_generation_prompt, "bos_token": bos,
+                  "eos_token": self._tok.id_to_token(self.eos_id), **variables}  # fmt: skip
+        template = self._template
         try:
-            return self._template.render(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=bos,
-                eos_token=self._tok.id_to_token(self.eos_id),
-                **variables,
-            )
+            return render_bounded(lambda: template.render(**values), str(self.source))
         except TokenizerError:  # the template's own raise_exception
             raise
         except Exception as e:  # a template is data: whatever its code raises (TypeError, ZeroDivisionError...)
@@ -392,10 +389,8 @@ class HFTokenizer(Tokenizer):
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
     def _compile(self, template: str) -> jinja2.Template:
-        # The environment transformers renders chat templates in; templates are written against it.
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-        )
+        # The environment transformers renders chat templates in (templates are written against it), with bounds.
+        env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = self._raise_from_template
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

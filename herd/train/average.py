@@ -27,10 +27,7 @@ def read_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
         args = read_params(path)
         model = build_model(args, device="cpu", init=False)
         sd = model.state_dict()
-        try:
-            load_dcp({"model": sd}, path)
-        except Exception as e:  # DCP raises several types for missing/mismatched entries
-            raise CheckpointError(f"{path}: cannot read its model weights ({str(e).splitlines()[0][:200]})") from None
+        load_dcp({"model": sd}, path, "cannot read its model weights")
         return args, {k: v.float() for k, v in sd.items()}
     ckpt = read_checkpoint(path)
     return ckpt.args, cast_state_dict(ckpt.state_dict, torch.float32)

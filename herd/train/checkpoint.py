@@ -19,8 +19,10 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import time
@@ -40,8 +42,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from herd.errors import CheckpointError
-from herd.fileio import atomic_file, fsync_dir, refused_write, storage_error
+from herd.errors import CheckpointError, first_line
+from herd.fileio import atomic_file, fsync_dir, read_json, refused_write, storage_error
+from herd.formats.common import args_from_fields
 from herd.model import ModelArgs, RopeScaling
 
 _STEP_DIR = re.compile(r"step-(\d+)")
@@ -68,13 +71,25 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not part of a DCP checkpoint's metadata")
 
 
+def _check_memo(data: bytes) -> None:
+    """Refuse memo indices past the file's size before unpickling: the C unpickler grows its memo table to the index a
+    PUT names, so one corrupt 4-byte index asks for gigabytes (found by tests/fuzz: 12 s and 6 GB for a 14 KB file)."""
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int) and arg > len(data):
+                raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} is larger than the file")
+    except ValueError as e:  # genops on a corrupt stream: an unknown opcode, a truncated argument
+        raise pickle.UnpicklingError(str(e)) from None
+
+
 class SafeReader(FileSystemReader):
     """A FileSystemReader whose metadata unpickling admits DCP's own classes, torch dtypes and sizes only."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         rank = kwargs.get("rank")
-        with open(Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata"), "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
+        data = (Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")).read_bytes()
+        _check_memo(data)
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
         if not isinstance(metadata, Metadata):
             raise pickle.UnpicklingError(f"holds a {type(metadata).__name__}, not DCP metadata")
         storage = metadata.storage_meta if metadata.storage_meta is not None else StorageMeta()
@@ -94,10 +109,17 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = loaded
 
 
-def load_dcp(state_dict: dict[str, Any], path: Path) -> None:
-    """dcp.load of `path` into `state_dict` in place, without running anything the files could smuggle in."""
-    with _quiet_dcp():
-        dcp.load(state_dict, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
+def load_dcp(state_dict: dict[str, Any], path: Path, what: str = "cannot load") -> None:
+    """dcp.load of `path` into `state_dict` in place, without running anything the files could smuggle in; any failure
+    is one CheckpointError "`path`: `what` (the reason)"."""
+    try:
+        with _quiet_dcp():
+            dcp.load(state_dict, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
+    # DCP raises several types for missing, mismatched or corrupt entries (and a refused global), a reader's own
+    # failure wrapped in a CheckpointException (a BaseException) that lists each rank's.
+    except (Exception, CheckpointException) as e:
+        cause = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) and e.failures else e
+        raise CheckpointError(f"{path}: {what} ({type(cause).__name__}: {first_line(cause)})") from None
 
 
 @contextlib.contextmanager
@@ -117,12 +139,25 @@ def _storage_errors(tmp: Path, rank: int) -> Iterator[None]:
         raise storage_error(refused, tmp) from None
 
 
+class _DropDCPLogs(logging.Filter):
+    """DCP's loader logs each failed metadata read, traceback included, on the root logger; herd reports the failure
+    itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torch/distributed/checkpoint" not in record.pathname.replace("\\", "/")
+
+
 @contextlib.contextmanager
 def _quiet_dcp() -> Iterator[None]:
-    with warnings.catch_warnings():
-        # Single-process save/load is intended here; DCP warns about it every time.
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        yield
+    root, dcp_log = logging.getLogger(), _DropDCPLogs()
+    root.addFilter(dcp_log)
+    try:
+        with warnings.catch_warnings():
+            # Single-process save/load is intended here; DCP warns about it every time.
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            yield
+    finally:
+        root.removeFilter(dcp_log)
 
 
 class CheckpointManager:
@@ -244,32 +279,30 @@ class CheckpointManager:
     def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Restore model, optimizer and this rank's RNG in place; return the train state."""
         self.wait()
-        try:
-            state = json.loads((path / TRAIN_STATE).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path / TRAIN_STATE}: unreadable ({e})") from None
+        state = read_json(path / TRAIN_STATE, what="train state", error=CheckpointError)
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise CheckpointError(f"{path / TRAIN_STATE}: expected a JSON object with an integer 'step'")
         model_sd, optim_sd = get_state_dict(model, optimizer)
         target: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
-        try:
-            load_dcp(target, path)
-        except Exception as e:  # DCP raises several types for missing/mismatched entries (and a refused global)
-            raise CheckpointError(f"{path}: cannot load into this model ({str(e).splitlines()[0][:200]})") from None
+        load_dcp(target, path, "cannot load into this model")
         set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
         rng = path / f"rng-{self.rank:05d}.pt"
         if rng.is_file():  # absent when resuming on more ranks than the checkpoint was saved from
-            _set_rng_state(torch.load(rng, weights_only=True))
+            _set_rng_state(rng)
         return state
 
 
 def read_params(path: Path) -> ModelArgs:
     """The ModelArgs a training checkpoint was saved with."""
-    try:
-        raw = json.loads((path / PARAMS).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path / PARAMS}: unreadable ({e})") from None
-    if raw.get("rope_scaling") is not None:
-        raw["rope_scaling"] = RopeScaling(**raw["rope_scaling"])
-    return ModelArgs(**raw)
+    raw = read_json(path / PARAMS, what="model shape", error=CheckpointError)
+
+    def build(fields: dict[str, Any], source: Path) -> ModelArgs:
+        fields = dict(fields)
+        if fields.get("rope_scaling") is not None:
+            fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+        return ModelArgs(**fields)
+
+    return args_from_fields(build, raw, path / PARAMS)
 
 
 def is_training_checkpoint(path: Path) -> bool:
@@ -313,7 +346,12 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
-def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+def _set_rng_state(path: Path) -> None:
+    """This rank's generator states from `path` (tensors only: weights_only); anything else in the file is an error."""
+    try:
+        state = torch.load(path, weights_only=True)
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+    except Exception as e:  # a corrupt zip, a refused global, a missing key, a tensor of the wrong type or size
+        raise CheckpointError(f"{path}: not a random generator state ({type(e).__name__}: {first_line(e)})") from None

@@ -98,9 +98,19 @@ class MetricsLogger:
         """Drop lines after `step` (written by a run that crashed or rolled back past them)."""
         if not self.path.is_file():
             return
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        if len(kept) != len(lines):
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        kept = []
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # the half-written last line of a run killed mid-write
+                    continue
+                bad = f"{self.path}: line {i + 1} is not JSON"
+                raise TrainError(f"{bad}; move the file away to start a new log") from None
+            if record is not None and record["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
             with atomic_file(self.path, "w") as f:
                 f.writelines(kept)
 

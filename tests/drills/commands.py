@@ -70,6 +70,25 @@ def build_inputs(root: Path) -> Path:
     return root
 
 
+SWEEP = """[job]
+dump_folder = "sweep"
+[pack]
+input = ["docs.jsonl"]
+tokenizer = "tok/tokenizer.model"
+source_field = "source"
+[training]
+seq_len = 32
+batch_tokens = 256
+[scaling]
+budgets = [1e9, 2e9]
+holdout_budget = 0
+val_fraction = 0.1
+eval_batches = 2
+task_items = 40
+sizes = [{dim = 16, n_layers = 1}, {dim = 24, n_layers = 1}, {dim = 32, n_layers = 1}]
+"""
+
+
 def _copy(inputs: Path, *names: str) -> Callable[[Path], None]:
     def setup(work: Path) -> None:
         for name in names:
@@ -77,6 +96,19 @@ def _copy(inputs: Path, *names: str) -> Callable[[Path], None]:
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
 
     return setup
+
+
+def _with_file(setup: Callable[[Path], None], name: str, text: str) -> Callable[[Path], None]:
+    def both(work: Path) -> None:
+        setup(work)
+        (work / name).write_text(text)
+
+    return both
+
+
+def _sweep_done(out: Path) -> bool:
+    manifest = out / "manifest.json"
+    return manifest.is_file() and all(r["status"] == "done" for r in json.loads(manifest.read_text())["runs"])
 
 
 def drills(inputs: Path) -> dict[str, Drill]:
@@ -108,6 +140,7 @@ def drills(inputs: Path) -> dict[str, Drill]:
             output="shards",
             complete=lambda out: (out / "manifest.json").is_file(),
             setup=_copy(inputs, "docs.jsonl", "tok"),
+            timing_keys=("seconds",),
         ),
         "convert to meta": Drill(
             args=["convert", "model-0", "meta", "--to", "meta"],
@@ -120,6 +153,21 @@ def drills(inputs: Path) -> dict[str, Drill]:
             output="out",
             complete=lambda out: (out / "model.gguf").is_file(),
             setup=_copy(inputs, "model-0"),
+        ),
+        "scaling sweep": Drill(
+            args=["scaling", "sweep", "--config", "sweep.toml"],
+            output="sweep",
+            complete=_sweep_done,
+            setup=_with_file(_copy(inputs, "docs.jsonl", "tok"), "sweep.toml", SWEEP),
+            # Wall times, and DCP's pickled metadata (it holds the checkpoint's absolute path); the checkpoints' tensor
+            # files, every weight and optimizer moment, are compared byte for byte, and the manifests without times.
+            volatile=("runs/*/metrics.jsonl", "runs/*/checkpoints.jsonl", "runs/*/.metadata"),
+            timing_keys=("seconds", "elapsed", "started_at", "wall_s"),
+            in_place={
+                "manifest.json": "rewritten after every run; a run counts once its entry says done",
+                "runs/*/metrics.jsonl": "the trainer's append-only log, cut back to the resumed step on resume",
+                "runs/*/checkpoints.jsonl": "as metrics.jsonl",
+            },
         ),
         "ckpt average": Drill(
             args=["ckpt", "average", "model-0", "model-1", "--out", "avg", "--to", "hf"],

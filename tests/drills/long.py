@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--kills", type=int, default=5, help="per seed, before the run that finishes")
     p.add_argument("--commands", default=",".join(names), help=f"comma-separated, of {', '.join(names)}")
     p.add_argument("--out", default=str(HERE / "results.json"))
+    p.add_argument("--merge", action="store_true", help="keep the other commands' entries already in --out")
     a = p.parse_args()
     chosen = [n for n in a.commands.split(",") if n]
     if unknown := [n for n in chosen if n not in names]:
@@ -66,11 +67,16 @@ def main() -> None:
             results[name] = entry
             print(f"{name}: {entry['summary']}" + (f" FAILED: {entry['failure']}" if entry["failure"] else ""),
                   file=sys.stderr, flush=True)  # fmt: skip
-    out = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "settings": {"seeds": a.seeds, "kills_per_seed": a.kills},
-        "commands": results,
-    }
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    for entry in results.values():
+        entry["date"], entry["settings"] = date, {"seeds": a.seeds, "kills_per_seed": a.kills}
+    if a.merge and Path(a.out).is_file():
+        old = json.loads(Path(a.out).read_text())
+        for entry in old["commands"].values():  # a file from before entries carried their own date and settings
+            entry.setdefault("date", old.get("date"))
+            entry.setdefault("settings", old.get("settings"))
+        results = {**old["commands"], **results}
+    out = {"commands": dict(sorted(results.items()))}
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     sys.exit(0 if all(r["failure"] is None for r in results.values()) else 1)
 

@@ -168,6 +168,66 @@ def dialog(root: Path) -> Case:
     return Case([path], read)
 
 
+def gguf_quant(root: Path) -> Case:
+    """A GGUF whose matrices are Q8_0, Q4_0 and Q4_1 blocks (the gguf package's quantizers), loaded the way
+    `--quant int4` loads it (blocks kept packed) and run for a few tokens, and read dequantized."""
+    import gguf as gg
+    from gguf import quants
+
+    from herd.formats import gguf_write as gw
+    from herd.inference.load import load_decoder
+
+    ckpt = read_checkpoint(_meta(root))
+    vocab = gw.gguf_vocab(ckpt, load_tokenizer(ckpt.path))
+    vocab.pad_to(ckpt.args.vocab_size)
+    path = root / "q.gguf"
+    w = gg.GGUFWriter(path, "llama")
+    gw._add_model_keys(w, ckpt.args, "fuzz", gg.LlamaFileType.MOSTLY_Q8_0)
+    gw._add_vocab_keys(w, vocab)
+    kinds = (gg.GGMLQuantizationType.Q8_0, gg.GGMLQuantizationType.Q4_0, gg.GGMLQuantizationType.Q4_1)
+    for i, (name, t) in enumerate(ckpt.state_dict.items()):
+        if t.ndim == 2:
+            w.add_tensor(gw._gguf_name(name), quants.quantize(t.float().numpy(), kinds[i % 3]), raw_dtype=kinds[i % 3])
+        else:
+            w.add_tensor(gw._gguf_name(name), t.float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    def read() -> object:
+        model = load_decoder(str(path), quant="int4").model
+        return model(torch.tensor([[1, 2, 3]])).sum(), read_checkpoint(path)
+
+    return Case([path], read)
+
+
+def dcp(root: Path) -> Case:
+    """A training checkpoint (DCP .metadata and .distcp, train state, params, RNG), read as a resume reads it and as
+    `herd ckpt average` reads a step."""
+    from herd.train.average import read_weights
+    from herd.train.checkpoint import CheckpointManager, read_params
+
+    torch.manual_seed(0)
+    model = build_model(ARGS, init=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).float().square().mean().backward()
+    optimizer.step()
+    step = CheckpointManager(root / "checkpoints", keep_last=1).save(
+        1, model=model, optimizer=optimizer, train_state={"tokens_seen": 3}, args=ARGS
+    )
+
+    def read() -> object:
+        again = build_model(read_params(step), init=False)
+        state = CheckpointManager(root / "checkpoints", keep_last=1).load(
+            step, model=again, optimizer=torch.optim.AdamW(again.parameters(), lr=1e-3)
+        )
+        return state, read_weights(step)
+
+    names = [".metadata", "__0_0.distcp", "train_state.json", "params.json", "rng-00000.pt"]
+    return Case([step / n for n in names], read, names=(str(step),))
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     "shard": shard,
     "meta": meta,
@@ -178,4 +238,6 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "config": config,
     "manifest": manifest,
     "dialog": dialog,
+    "gguf_quant": gguf_quant,
+    "dcp": dcp,
 }

@@ -249,6 +249,30 @@ def test_template_adds_bos_once_and_reports_raise_exception() -> None:
         tiny.encode_chat([{"role": "assistant", "content": "x"}])
 
 
+def test_a_hostile_template_is_stopped_in_time_and_size_and_a_normal_one_renders_as_before(monkeypatch) -> None:
+    import time
+
+    import herd.tokenizer.template as template
+
+    monkeypatch.setattr(template, "RENDER_SECONDS", 0.5)
+    messages = [{"role": "user", "content": "hi"}]
+    spins = _byte_fallback_tokenizer("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+    start = time.monotonic()
+    with pytest.raises(TokenizerError, match=r"chat template of tiny: still rendering after 0.5 s; stopped"):
+        spins.render_chat(messages)
+    assert time.monotonic() - start < 5
+    huge = _byte_fallback_tokenizer("{{ 'x' * 100000 * 100000 }}")
+    with pytest.raises(TokenizerError, match=r"SecurityError: '\*' would make 10,000,000,000 items"):
+        huge.render_chat(messages)
+    power = _byte_fallback_tokenizer("{{ 2 ** 100000 }}")
+    with pytest.raises(TokenizerError, match=r"SecurityError: '\*\*' would make an integer"):
+        power.render_chat(messages)
+    # Loops and products of ordinary size are untouched; the tracer is removed after the render.
+    fine = _byte_fallback_tokenizer("{% for m in messages %}{{ m['content'] * 3 }}{{ 2 ** 10 }}{% endfor %}")
+    assert fine.render_chat(messages) == "hihihi1024"
+    assert __import__("sys").gettrace() is None or "coverage" in repr(__import__("sys").gettrace())
+
+
 def test_template_that_changes_content_refuses_typed_control_strings() -> None:
     trims = _byte_fallback_tokenizer("{% for m in messages %}<s>{{ m['content'] | trim }}</s>{% endfor %}")
     spaced = [{"role": "user", "content": "  hi  "}]

@@ -87,3 +87,16 @@ def test_without_the_package_metrics_wandb_is_a_one_line_error(tmp_path, monkeyp
         WandbSink(tmp_path, project="herd", mode="offline", job_type="train", config={})
     with pytest.raises(ConfigError, match=r"^metrics\.wandb_mode='cloud': expected one of auto, online, offline$"):
         load("train", None, ["data.shards=['x']", "metrics.wandb_mode='cloud'"])
+
+
+def test_resume_drops_a_half_written_last_metrics_line_and_refuses_a_corrupt_earlier_one(tmp_path) -> None:
+    from herd.train.metrics import MetricsLogger
+
+    lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 4, "lo')  # killed mid-line
+    logger = MetricsLogger(tmp_path, total_steps=10, start_step=2, tensorboard=False, log_interval=0, progress=False)
+    logger.file.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "{torn\n" + lines[1])
+    with pytest.raises(TrainError, match=r"metrics.jsonl: line 2 is not JSON"):
+        MetricsLogger(tmp_path, total_steps=10, start_step=2, tensorboard=False, log_interval=0, progress=False)
