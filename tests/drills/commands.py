@@ -107,8 +107,10 @@ def _with_file(setup: Callable[[Path], None], name: str, text: str) -> Callable[
 
 
 def _sweep_done(out: Path) -> bool:
+    """Every run of SWEEP's 2 budgets x 3 shapes is in the manifest and done (the manifest grows run by run)."""
     manifest = out / "manifest.json"
-    return manifest.is_file() and all(r["status"] == "done" for r in json.loads(manifest.read_text())["runs"])
+    runs = json.loads(manifest.read_text())["runs"] if manifest.is_file() else []
+    return len(runs) == 6 and all(r["status"] == "done" for r in runs)
 
 
 def drills(inputs: Path) -> dict[str, Drill]:
@@ -163,10 +165,12 @@ def drills(inputs: Path) -> dict[str, Drill]:
             # files, every weight and optimizer moment, are compared byte for byte, and the manifests without times.
             volatile=("runs/*/metrics.jsonl", "runs/*/checkpoints.jsonl", "runs/*/.metadata"),
             timing_keys=("seconds", "elapsed", "started_at", "wall_s"),
+            history=("runs/*/events.jsonl",),  # a run resumed from its final checkpoint logs the resume
             in_place={
                 "manifest.json": "rewritten after every run; a run counts once its entry says done",
                 "runs/*/metrics.jsonl": "the trainer's append-only log, cut back to the resumed step on resume",
                 "runs/*/checkpoints.jsonl": "as metrics.jsonl",
+                "runs/*/events.jsonl": "the trainer's append-only record of resumes, rollbacks and skips",
             },
         ),
         "ckpt average": Drill(

@@ -62,6 +62,7 @@ class Drill:
     setup: Callable[[Path], None] = lambda work: None  # write the inputs into the work directory
     volatile: tuple[str, ...] = ()  # glob patterns (relative to `output`) compared by name only
     timing_keys: tuple[str, ...] = ()  # keys left out of every JSON file's comparison (wall-clock times)
+    history: tuple[str, ...] = ()  # glob patterns of files recording the run's own history (resumes): not compared
     in_place: dict[str, str] = field(default_factory=dict)  # glob pattern -> why it may be written in place
 
 
@@ -99,13 +100,18 @@ def run(drill: Drill, work: Path, *, kill_after: float | None = None) -> tuple[i
     return code, err_path.read_text(), time.monotonic() - start, completed
 
 
-def digest(root: Path, volatile: tuple[str, ...] = (), timing_keys: tuple[str, ...] = ()) -> dict[str, str]:
+def digest(
+    root: Path, volatile: tuple[str, ...] = (), timing_keys: tuple[str, ...] = (), history: tuple[str, ...] = ()
+) -> dict[str, str]:
     """sha256 of every file under `root` by relative path (volatile ones as "*"; JSON files without `timing_keys`),
-    leaving out temporary files that a killed writer left behind (atomic writers' `.NAME.XXXX.tmp` and the like)."""
+    leaving out `history` files and temporary files that a killed writer left behind (atomic writers'
+    `.NAME.XXXX.tmp` and the like)."""
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         if any(part.startswith(".") and part.endswith(".tmp") for part in rel.split("/")):
+            continue
+        if any(fnmatch.fnmatch(rel, pattern) for pattern in history):
             continue
         if any(fnmatch.fnmatch(rel, pattern) for pattern in volatile):
             out[rel] = "*"
@@ -152,7 +158,7 @@ def reference(drill: Drill, work: Path) -> tuple[dict[str, str], float]:
     assert completed is not None, f"{drill.args}: the uninterrupted run's output does not look complete"
     written_in_place = audit(drill, work)
     assert not written_in_place, f"{drill.args}: written in place, not renamed into place: {written_in_place}"
-    return digest(work / drill.output, drill.volatile, drill.timing_keys), completed
+    return digest(work / drill.output, drill.volatile, drill.timing_keys, drill.history), completed
 
 
 def kill_loop(drill: Drill, work: Path, expected: dict[str, str], seconds: float, *, seed: int, kills: int) -> Outcome:
@@ -171,7 +177,7 @@ def kill_loop(drill: Drill, work: Path, expected: dict[str, str], seconds: float
             _check_refusal(code, err, seed)
             outcome.finished_early += 1
         if output.exists() and drill.complete(output):
-            got = digest(output, drill.volatile, drill.timing_keys)
+            got = digest(output, drill.volatile, drill.timing_keys, drill.history)
             assert got == expected, f"seed {seed}: looked complete after a kill at {when:.2f} s but differs: " + (
                 _diff(got, expected)
             )
@@ -181,7 +187,7 @@ def kill_loop(drill: Drill, work: Path, expected: dict[str, str], seconds: float
         outcome.refused = _check_refusal(code, err, seed)
     # Finished, or refused because a complete output is already there: either way the reference's bytes.
     assert drill.complete(output), f"seed {seed}: after kills at {outcome.kills} the output is not complete ({err})"
-    got = digest(output, drill.volatile, drill.timing_keys)
+    got = digest(output, drill.volatile, drill.timing_keys, drill.history)
     assert got == expected, f"seed {seed}: the output after kills at {outcome.kills} differs: " + _diff(got, expected)
     written_in_place = audit(drill, work)
     assert not written_in_place, f"seed {seed}: written in place: {written_in_place}"
