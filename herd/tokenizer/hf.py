@@ -190,7 +190,10 @@ class HFTokenizer(Tokenizer):
         pre_tokenizer, ignore_merges = gguf_pre_tokenizer(get("tokenizer.ggml.pre", "default"), str(path))
         vocab = {token: i for i, token in enumerate(tokens)}
         two = cast("list[tuple[str, str]]", pairs)  # every entry was checked to be two tokens above
-        tok = RustTokenizer(models.BPE(vocab=vocab, merges=two, ignore_merges=ignore_merges))
+        try:
+            tok = RustTokenizer(models.BPE(vocab=vocab, merges=two, ignore_merges=ignore_merges))
+        except Exception as e:  # tokenizers raises a bare Exception, e.g. for a merge of a token not in the vocabulary
+            raise TokenizerError(f"{path}: tokenizer.ggml vocabulary and merges do not fit ({first_line(e)})") from None
         tok.pre_tokenizer = pre_tokenizer
         tok.decoder = decoders.ByteLevel()
         kinds = list(zip(tokens, types, strict=True))

@@ -285,7 +285,10 @@ class CheckpointManager:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         target: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
         load_dcp(target, path, "cannot load into this model")
-        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+        try:
+            set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+        except Exception as e:  # torch's RuntimeError/KeyError when the saved optimizer state does not fit the model
+            raise CheckpointError(f"{path}: does not fit this model and optimizer ({first_line(e)})") from None
         rng = path / f"rng-{self.rank:05d}.pt"
         if rng.is_file():  # absent when resuming on more ranks than the checkpoint was saved from
             _set_rng_state(rng)
@@ -300,6 +303,15 @@ def read_params(path: Path) -> ModelArgs:
         fields = dict(fields)
         if fields.get("rope_scaling") is not None:
             fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+        # herd wrote this file from a ModelArgs: each field of its annotated type (a float may be written as an
+        # int), or the file is corrupt.
+        for f in dataclasses.fields(ModelArgs):
+            kinds = {"int": (int,), "float": (int, float), "bool": (bool,)}.get(str(f.type).removesuffix(" | None"))
+            if kinds is None or f.name not in fields or (fields[f.name] is None and "None" in str(f.type)):
+                continue
+            got = fields[f.name]
+            if type(got) not in kinds:
+                raise TypeError(f"{f.name} is {got!r}, not {f.type!s}")
         return ModelArgs(**fields)
 
     return args_from_fields(build, raw, path / PARAMS)
@@ -349,7 +361,9 @@ def _rng_state() -> dict[str, torch.Tensor]:
 def _set_rng_state(path: Path) -> None:
     """This rank's generator states from `path` (tensors only: weights_only); anything else in the file is an error."""
     try:
-        state = torch.load(path, weights_only=True)
+        with warnings.catch_warnings():  # a corrupt file's odd pickle protocol draws a UserWarning before the error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True)
         torch.set_rng_state(state["cpu"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
