@@ -174,7 +174,7 @@ class CheckpointManager:
     ) -> None:
         self.folder, self.keep_last, self.rank, self.distributed = Path(folder), keep_last, rank, distributed
         self.async_save = async_save
-        # (future, commit) of an async save in flight
+        # (future, commit, partial directory) of an async save in flight
         self._pending: tuple[Future[Any], Callable[[], None], Path] | None = None
         # The background writer's collectives get their own group, so they never interleave with training's.
         self._group = dist.new_group(backend="gloo") if async_save and distributed else None
