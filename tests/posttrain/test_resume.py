@@ -1,5 +1,5 @@
-"""`herd sft`, `herd rm`, `herd dpo` and `herd ppo` killed with SIGKILL mid-run resume from their last checkpoint and end
-bitwise where an uninterrupted run ends, as pretraining does (tests/train/test_train_resume.py): they are
+"""`herd sft`, `herd rm`, `herd dpo` and `herd ppo` killed with SIGKILL mid-run resume from their last checkpoint
+and end bitwise where an uninterrupted run ends, as pretraining does (tests/train/test_train_resume.py): they are
 objectives of the same Trainer."""
 
 import json
