@@ -78,9 +78,9 @@ def test_sft_rm_and_dpo_killed_with_sigkill_resume_bit_identically(command, tiny
         write_dialogs(tmp_path / "p.jsonl", n=96)
     else:
         write_pairs(tmp_path / "p.jsonl", n=96, edited=command == "rm")
-    batches = (["training.seq_len=128", "training.batch_tokens=256", "training.micro_batch_tokens=128",
-                "lr_schedule.warmup_steps=3"]
-               if command == "sft" else ["training.epochs=0", "training.batch_size=8", "training.micro_batch_size=4"])
+    sft = ["training.seq_len=128", "training.batch_tokens=256", "training.micro_batch_tokens=128",
+           "lr_schedule.warmup_steps=3"]  # fmt: skip
+    batches = sft if command == "sft" else ["training.epochs=0", "training.batch_size=8", "training.micro_batch_size=4"]
     records = kill_and_resume(command, [
         f"model.init_from='{tiny_chat_model}'", f"data.files=['{tmp_path / 'p.jsonl'}']", *batches,
         "training.steps=36", "optim.lr=1e-3", "checkpoint.interval=7", "faults.spike_batches=[30]",
