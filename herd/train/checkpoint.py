@@ -73,7 +73,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def _check_memo(data: bytes) -> None:
     """Refuse memo indices past the file's size before unpickling: the C unpickler grows its memo table to the index a
-    PUT names, so one corrupt 4-byte index asks for gigabytes (found by tests/fuzz: 12 s and 6 GB for a 14 KB file)."""
+    PUT names, so one corrupt 4-byte index in a 14 KB file asks for gigabytes and seconds (found by tests/fuzz)."""
     try:
         for op, arg, pos in pickletools.genops(data):
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int) and arg > len(data):

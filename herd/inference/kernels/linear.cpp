@@ -166,8 +166,8 @@ inline void block_scales(const uint16_t* sc, const float* xd, int64_t G, int64_t
 
 // In the int8 kernel the 8 groups of a block each leave a vector of 8 int32 partial sums, which horizontal adds sum
 // up per group in the integer domain: one conversion and one multiply-add per block and row of x remain, where
-// converting every group's vector to float and scaling it cost three float instructions per dpbusd (7-9% faster
-// at 8-64 rows of x on the Zen 4 of benchmarks/results/generate.json, the same at one row).
+// converting every group's vector to float and scaling it cost three float instructions per dpbusd (faster at
+// 8-64 rows of x in a kernel-only A/B on the Zen 4 of benchmarks/results/generate.json, no faster at one row).
 // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7]. Two rounds of it over groups 0..3 give
 // [lanes 0-3 of groups 0..3 | lanes 4-7 of groups 0..3]; combine_quads adds that and the one of groups 4..7 into the
 // 8 group sums in order.
