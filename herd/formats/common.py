@@ -12,15 +12,16 @@ from herd.errors import CheckpointError, ModelError
 from herd.model import ModelArgs, build_model
 
 
-def expected_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
-    """Every parameter of the herd model for `args` with its shape: the non-layer ones, then layer by layer.
+def expected_shapes(args: ModelArgs, source: str | Path) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """Every parameter of the herd model for `args` (read from `source`) with its shape: the non-layer ones, then layer
+    by layer.
 
     One layer is built (on the meta device) and its names repeated, and lazily: `n_layers` comes from a file, and a
     corrupt one (4 billion) must fail at the first missing layer, not build or list billions of modules first."""
     try:
         one = build_model(args.replace(n_layers=1), device="meta")
     except RuntimeError as e:  # sizes whose product overflows (a corrupt vocab_size of 6e17)
-        raise ModelError(f"model args describe tensors too large to exist ({str(e)[:120]})") from None
+        raise CheckpointError(f"{source}: model args describe tensors too large to exist ({str(e)[:120]})") from None
     shapes = {name: tuple(t.shape) for name, t in one.state_dict(keep_vars=True).items()}
     yield from ((name, shape) for name, shape in shapes.items() if not name.startswith("layers.0."))
     layer = [(name.removeprefix("layers.0."), shape) for name, shape in shapes.items() if name.startswith("layers.0.")]
@@ -44,18 +45,13 @@ def args_from_fields(build: Callable[[dict[str, Any], Path], ModelArgs], fields:
 def check_state_dict(args: ModelArgs, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
     """Raise one line naming the source, the tensor and both shapes at the first disagreement."""
     expected = set()
-    try:
-        for name, shape in expected_shapes(args):  # lazily: a corrupt n_layers fails at its first missing layer
-            if name not in state_dict:
-                raise CheckpointError(f"{source}: missing tensor {name!r} (expected shape {list(shape)})")
-            got = tuple(state_dict[name].shape)
-            if got != shape:
-                raise CheckpointError(
-                    f"{source}: tensor {name!r} has shape {list(got)}, the model expects {list(shape)}"
-                )
-            expected.add(name)
-    except ModelError as e:
-        raise CheckpointError(f"{source}: {e}") from None
+    for name, shape in expected_shapes(args, source):  # lazily: a corrupt n_layers fails at its first missing layer
+        if name not in state_dict:
+            raise CheckpointError(f"{source}: missing tensor {name!r} (expected shape {list(shape)})")
+        got = tuple(state_dict[name].shape)
+        if got != shape:
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {list(got)}, the model expects {list(shape)}")
+        expected.add(name)
     if unexpected := sorted(state_dict.keys() - expected):
         raise CheckpointError(f"{source}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
 

@@ -16,7 +16,6 @@ Parsing and dequantization go through the `gguf` package. Format facts follow th
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -274,12 +273,7 @@ def _gguf_name(herd_name: str) -> str:
 def _check_tensors(args: ModelArgs, tensors: dict[str, Any], path: Path) -> dict[str, str]:
     """Check names and shapes before any dequantization; return GGUF name -> herd name."""
     gguf_to_herd = {}
-    try:
-        shapes = expected_shapes(args)
-        first = next(shapes)  # builds the layer's shapes: sizes too large to exist fail here
-    except ModelError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    for herd_name, want in itertools.chain([first], shapes):
+    for herd_name, want in expected_shapes(args, path):
         if herd_name == "output.weight" and args.tie_embeddings:
             continue
         name = _gguf_name(herd_name)

@@ -58,7 +58,7 @@ def write_model(path: Path, args: ModelArgs, encode: Encoder) -> Path:
     w.add_head_count_kv(args.n_kv_heads)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(args.vocab_size)
-    for name, shape in expected_shapes(args):
+    for name, shape in expected_shapes(args, "test"):
         if name == "output.weight" and args.tie_embeddings:
             continue
         arr = rng.normal(0, 0.1, shape).astype(np.float32)
@@ -135,7 +135,7 @@ def test_q4_k_scales_are_float16_of_d_times_sc_and_values_within_their_rounding(
     for name, t in gguf_blocks(path).items():
         if len(t.shape) == 1:
             continue
-        herd = {gguf_name(k): k for k, _ in expected_shapes(ARGS)}[name]
+        herd = {gguf_name(k): k for k, _ in expected_shapes(ARGS, "test")}[name]
         got = packed[herd]
         assert isinstance(got, PackedWeight) and got.kind == "int4", name
         # The scale / min of every 32-value sub-block, from the gguf package's own unpacking.
