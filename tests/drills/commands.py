@@ -23,7 +23,7 @@ PACK = [
 ]  # fmt: skip
 
 
-def _documents(n: int, seed: int = 0) -> list[dict]:
+def documents(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     docs = []
     for i in range(n):
@@ -33,7 +33,7 @@ def _documents(n: int, seed: int = 0) -> list[dict]:
     return docs
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
+def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
@@ -51,8 +51,8 @@ def build_inputs(root: Path) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     build_corpus(root / "raw", max_base=200, num_files=4)  # real text for curate (its language ID drops word salad)
-    docs = _documents(3000)
-    _write_jsonl(root / "docs.jsonl", docs)
+    docs = documents(3000)
+    write_jsonl(root / "docs.jsonl", docs)
     save_ranks(train_bpe([d["text"] for d in docs[:300]], 640), root / "tok" / "tokenizer.model")
     # About 30M parameters (120 MB in float32) with the embedded model's tokenizer, so that writing a conversion
     # takes a good part of the command's time.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from commands import _documents, _write_jsonl
+from commands import documents, write_jsonl
 from drill import digest
 
 from herd.config import dump
@@ -53,9 +53,9 @@ def test_a_full_disk_during_a_shard_write_fails_cleanly_and_keeps_earlier_shards
     from herd.data.shards import Shard
     from herd.tokenizer.train import save_ranks, train_bpe
 
-    docs = _documents(3000)
-    _write_jsonl(tmp_path / "small.jsonl", docs[:50])
-    _write_jsonl(tmp_path / "big.jsonl", docs)
+    docs = documents(3000)
+    write_jsonl(tmp_path / "small.jsonl", docs[:50])
+    write_jsonl(tmp_path / "big.jsonl", docs)
     save_ranks(train_bpe([d["text"] for d in docs[:300]], 640), tmp_path / "tokenizer.model")
     with small_disk(tmp_path / "disk", 256) as disk:
         pack = ["data", "pack", "--tokenizer", "tokenizer.model", "--shard-tokens", "4000"]
@@ -81,8 +81,8 @@ def test_a_full_disk_during_a_checkpoint_fails_cleanly_and_the_last_checkpoint_r
     from herd.config import load
     from herd.tokenizer.train import save_ranks, train_bpe
 
-    docs = _documents(400)
-    _write_jsonl(tmp_path / "docs.jsonl", docs)
+    docs = documents(400)
+    write_jsonl(tmp_path / "docs.jsonl", docs)
     save_ranks(train_bpe([d["text"] for d in docs[:300]], 640), tmp_path / "tokenizer.model")
     pack = ["data", "pack", "-i", "docs.jsonl", "-o", "shards", "--tokenizer", "tokenizer.model"]
     assert herd(*pack, cwd=tmp_path).returncode == 0

@@ -250,9 +250,12 @@ def test_template_adds_bos_once_and_reports_raise_exception() -> None:
 
 
 def test_a_hostile_template_is_stopped_in_time_and_size_and_a_normal_one_renders_as_before(monkeypatch) -> None:
+    import sys
     import time
 
     import herd.tokenizer.template as template
+
+    outer = sys.gettrace()  # coverage's or a debugger's, if any
 
     monkeypatch.setattr(template, "RENDER_SECONDS", 0.5)
     messages = [{"role": "user", "content": "hi"}]
@@ -270,7 +273,7 @@ def test_a_hostile_template_is_stopped_in_time_and_size_and_a_normal_one_renders
     # Loops and products of ordinary size are untouched; the tracer is removed after the render.
     fine = _byte_fallback_tokenizer("{% for m in messages %}{{ m['content'] * 3 }}{{ 2 ** 10 }}{% endfor %}")
     assert fine.render_chat(messages) == "hihihi1024"
-    assert __import__("sys").gettrace() is None or "coverage" in repr(__import__("sys").gettrace())
+    assert sys.gettrace() is outer
 
 
 def test_template_that_changes_content_refuses_typed_control_strings() -> None:
