@@ -26,7 +26,7 @@ from torch import nn
 
 from herd.formats.packed import PackedWeight
 from herd.inference import kernels
-from herd.inference.quantize import InferenceLinear, check_quant, concat_rows, prepare_weight
+from herd.inference.quantize import InferenceLinear, TiledWeight, check_quant, concat_rows, prepare_weight
 from herd.model import ModelArgs, Transformer, causal_mask
 from herd.model.llama import rope_frequencies
 
@@ -147,10 +147,12 @@ class DecodeModel(nn.Module):
         # 4-bit embeddings and output projection cost far more accuracy than 4-bit layers do.
         vocab_quant = "int8" if quant == "int4" else quant
         embedding = prepare_weight("tok_embeddings.weight", sd.pop("tok_embeddings.weight"), dtype, vocab_quant)
-        self.embedding = embedding
+        self.embedding: torch.Tensor | PackedWeight | TiledWeight = embedding
         if tied:
             sd.pop("output.weight", None)
-            self.output = InferenceLinear(embedding)  # one copy serves both lookups and logits
+            self.output = InferenceLinear(embedding)
+            # One copy serves both lookups and logits: the output's, in the layout its kernel runs.
+            self.embedding = self.output.packed or embedding
         else:
             self.output = InferenceLinear(prepare_weight("output.weight", sd.pop("output.weight"), dtype, vocab_quant))
         self._rope_freqs = rope_frequencies(args)
@@ -223,7 +225,7 @@ class DecodeModel(nn.Module):
         angles = positions_BT[..., None].float() * self._rope_freqs
         cos, sin = angles.cos(), angles.sin()  # (B, T, H/2)
 
-        if isinstance(self.embedding, PackedWeight):
+        if isinstance(self.embedding, PackedWeight | TiledWeight):
             h = self.embedding.rows(tokens_BT)
         else:
             h = F.embedding(tokens_BT, self.embedding).float()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from herd.errors import InferenceError
-from herd.formats.packed import PackedWeight, can_pack, quantize
+from herd.formats.packed import GROUP, PackedWeight, can_pack, quantize
 from herd.inference import kernels
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,77 @@ def _as_float(w: torch.Tensor | PackedWeight) -> torch.Tensor:
     return w.dequantize(torch.float32) if isinstance(w, PackedWeight) else w.float()
 
 
+TILE = 16
+
+
+@dataclass
+class TiledWeight:
+    """A PackedWeight rearranged for the AVX512-VNNI kernels (herd/inference/kernels/tiles.h, which gives the byte
+    order): rows in tiles of 16, and within a tile and a group of 32 inputs, 4 inputs of all 16 rows per 64 bytes,
+    so one dpbusd updates 16 outputs. int8 values are stored + 128. Same values, same bytes as the packed form."""
+
+    kind: str
+    shape: tuple[int, int]
+    qweight: torch.Tensor  # uint8 (N/16, K/32, 512) for int8, (N/16, K/32, 256) for int4
+    scales: torch.Tensor  # float16 (N/16, K/32, 16)
+    mins: torch.Tensor | None = None  # int4: as scales
+
+    @staticmethod
+    def fits(p: PackedWeight) -> bool:
+        return p.shape[0] % TILE == 0
+
+    @classmethod
+    def from_packed(cls, p: PackedWeight) -> TiledWeight:
+        n, k = p.shape
+        t, g = n // TILE, k // GROUP
+        chunks = 8 if p.kind == "int8" else 4  # 4-byte chunks per row and group
+        q = p.qweight.view(torch.uint8).view(t, TILE, g, chunks, 4).permute(0, 2, 3, 1, 4).reshape(t, g, -1)
+        if p.kind == "int8":
+            q.bitwise_xor_(0x80)  # the bits of q + 128, in the copy reshape made (one transient copy, not two)
+
+        def per_tile(v: torch.Tensor) -> torch.Tensor:
+            return v.view(t, TILE, g).transpose(1, 2).contiguous()
+
+        return cls(p.kind, p.shape, q, per_tile(p.scales), None if p.mins is None else per_tile(p.mins))
+
+    def to_packed(self, index: torch.Tensor | None = None) -> PackedWeight:
+        """Rows `index` (1-D; all rows when None) back in the packed layout."""
+        n, k = self.shape
+        t, g = n // TILE, k // GROUP
+        rows = torch.arange(n) if index is None else index.reshape(-1)
+        tile, lane = rows // TILE, rows % TILE
+        chunks = 8 if self.kind == "int8" else 4
+        q = self.qweight.view(t, g, chunks, TILE, 4)[tile, :, :, lane, :].reshape(len(rows), -1)  # (rows, K or K/2)
+        if self.kind == "int8":
+            q = (q ^ 0x80).view(torch.int8)
+        mins = None if self.mins is None else self.mins[tile, :, lane]
+        return PackedWeight(self.kind, (len(rows), k), q, self.scales[tile, :, lane], mins)
+
+    @property
+    def nbytes(self) -> int:
+        return self.qweight.nbytes + self.scales.nbytes + (0 if self.mins is None else self.mins.nbytes)
+
+    def rows(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dequantize only the rows in `index` (an embedding lookup), shape index.shape + (K,)."""
+        return self.to_packed(index).dequantize(dtype).view(*index.shape, self.shape[1])
+
+
+def for_kernels(weight: torch.Tensor | PackedWeight | TiledWeight) -> torch.Tensor | PackedWeight | TiledWeight:
+    """The layout the kernels run fastest: packed weights tiled where the tile kernels are built and 16 divides the
+    rows (else they stay packed and run on the row kernels)."""
+    if isinstance(weight, PackedWeight) and TiledWeight.fits(weight) and kernels.tile_kernels():
+        return TiledWeight.from_packed(weight)
+    return weight
+
+
 class InferenceLinear(nn.Module):
     """y = x @ W^T in float32 for a float32, bfloat16 or packed W (no bias: Llama has none)."""
 
-    def __init__(self, weight: torch.Tensor | PackedWeight) -> None:
+    def __init__(self, weight: torch.Tensor | PackedWeight | TiledWeight) -> None:
         super().__init__()
-        self.packed = weight if isinstance(weight, PackedWeight) else None
-        self.weight = None if isinstance(weight, PackedWeight) else weight
+        weight = for_kernels(weight)
+        self.packed = weight if isinstance(weight, PackedWeight | TiledWeight) else None
+        self.weight = weight if isinstance(weight, torch.Tensor) else None
         self.out_features, self.in_features = weight.shape
 
     @property

@@ -11,9 +11,10 @@ import torch
 
 from herd.errors import InferenceError
 from herd.formats.packed import PackedWeight
-from herd.inference import Engine, SamplingParams
+from herd.inference import Engine, SamplingParams, kernels
 from herd.inference.decode_model import DecodeModel
 from herd.inference.load import load_decoder
+from herd.inference.quantize import TiledWeight
 from herd.model import ModelArgs, build_model
 from herd.tokenizer import Llama3Tokenizer
 
@@ -114,7 +115,8 @@ def test_quantized_logits_stay_close_to_float32(quant, dtype, tol) -> None:
     got = torch.cat([fast(tokens[:, i : i + 4], cache_pos=i) for i in range(0, 24, 4)], dim=1)
     assert ((got - ref).norm() / ref.norm()) < tol
     if quant != "none":
-        assert isinstance(fast.layers[0].wqkv.packed, PackedWeight) and fast.layers[0].wqkv.packed.kind == quant
+        assert isinstance(fast.layers[0].wqkv.packed, PackedWeight | TiledWeight)
+        assert fast.layers[0].wqkv.packed.kind == quant
         assert fast.nbytes < DecodeModel.from_transformer(model).nbytes / (3 if quant == "int8" else 4)
 
 
@@ -176,7 +178,9 @@ def test_gguf_q4_blocks_load_packed_and_vocabulary_stays_int8(smol_perplexity) -
     _, model = smol_perplexity[(torch.float32, "int4")]
     layer = model.layers[0]
     assert layer.wqkv.packed.kind == layer.w13.packed.kind == layer.w2.packed.kind == "int4"
-    assert isinstance(model.embedding, PackedWeight) and model.embedding.kind == "int8"  # the file's Q8_0 block
+    # The file's Q8_0 block, tiled for the kernels where they take tiles.
+    assert isinstance(model.embedding, TiledWeight if kernels.tile_kernels() else PackedWeight)
+    assert model.embedding.kind == "int8"
     assert model.output.packed is model.embedding  # tied: one copy
 
 

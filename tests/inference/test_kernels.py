@@ -7,7 +7,7 @@ import torch
 from herd.errors import CheckpointError
 from herd.formats.packed import GROUP, PackedWeight, pack_int4, quantize, unpack_int4
 from herd.inference import kernels
-from herd.inference.quantize import KERNEL_MAX_ROWS, InferenceLinear, _native_bf16
+from herd.inference.quantize import KERNEL_MAX_ROWS, InferenceLinear, TiledWeight, _native_bf16
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,24 +34,56 @@ def _reference_int(x: torch.Tensor, p: PackedWeight) -> torch.Tensor:
     return y.float()
 
 
+def _layouts() -> list:
+    tiled = pytest.param("tiled", marks=pytest.mark.skipif(not kernels.tile_kernels(), reason="no AVX512-VNNI"))
+    return ["packed", tiled]
+
+
+@pytest.mark.parametrize("layout", _layouts())
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 @pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 9])
 # K = 3 groups; 18 (two blocks of 8 groups and 2 more, as SmolLM2's 576); 16 (whole blocks); 25 (an odd tail)
 @pytest.mark.parametrize("K", [96, 576, 512, 800])
-def test_int_kernels_equal_the_exact_integer_reference(kind, M, K) -> None:
-    w = torch.randn(200, K)  # N not a multiple of any thread split
+def test_int_kernels_equal_the_exact_integer_reference(layout, kind, M, K) -> None:
+    w = torch.randn(208, K)  # 13 tiles of 16 rows: not a multiple of any thread split
     p = quantize(w, kind)
+    q = TiledWeight.from_packed(p) if layout == "tiled" else p
     x = torch.randn(M, K) * 3
     y = (
-        kernels.linear_int8(x, p.qweight, p.scales)
+        kernels.linear_int8(x, q.qweight, q.scales)
         if kind == "int8"
-        else kernels.linear_int4(x, p.qweight, p.scales, p.mins)
+        else kernels.linear_int4(x, q.qweight, q.scales, q.mins)
     )
     ref = _reference_int(x, p)
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-4), (y - ref).abs().max()
     # ... and the rounding of x moves the result by about as much as int8 weights do, not more.
     exact = x @ p.dequantize().T
     assert ((y - exact).norm() / exact.norm()) < 0.02
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_tiled_layout_holds_the_packed_bytes_in_the_documented_order(kind) -> None:
+    p = quantize(torch.randn(48, 96), kind)
+    t = TiledWeight.from_packed(p)
+    # tiles.h: byte 64c + 4r + b of tile t, group g = packed byte 4c + b of row 16t + r's group g (int8: + 128)
+    q = p.qweight.view(torch.uint8).int()
+    per_group = 32 if kind == "int8" else 16
+    spots = [(0, 0, 0, 0, 0), (1, 2, 1, 5, 3), (2, 1, 3, 15, 2)] + ([(2, 2, 7, 9, 1)] if kind == "int8" else [])
+    for tile, g, c, r, b in spots:
+        want = q[16 * tile + r, per_group * g + 4 * c + b]
+        want = (want + 128) % 256 if kind == "int8" else want
+        assert t.qweight[tile, g, 64 * c + 4 * r + b] == want
+    assert t.scales[1, 2, 5] == p.scales[21, 2]
+    back = t.to_packed()
+    assert torch.equal(back.qweight, p.qweight) and torch.equal(back.scales, p.scales)
+    assert back.mins is None if kind == "int8" else torch.equal(back.mins, p.mins)
+    index = torch.tensor([[47, 0, 16], [5, 5, 31]])
+    assert torch.equal(t.rows(index), p.rows(index))
+    assert t.nbytes == p.nbytes
+    if kernels.tile_kernels():
+        got = kernels.dequantize_rows(t.qweight, t.scales, t.mins, 13, 40)
+        assert torch.equal(got, kernels.dequantize_rows(p.qweight, p.scales, p.mins, 13, 40))
+        assert torch.equal(got, p.dequantize()[13:40])
 
 
 def test_swiglu_stays_within_4_ulp_of_float64_over_a_wide_range() -> None:
@@ -121,8 +153,9 @@ def test_torch_fallback_computes_the_same_products(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("kind", ["none-bf16", "int8", "int4"])
-def test_large_batches_take_the_chunked_gemm_path_and_agree_with_the_kernel(kind, monkeypatch) -> None:
-    w = torch.randn(300, 64)
+@pytest.mark.parametrize("rows", [300, 320])  # 320 rows are tiled where the tile kernels are built
+def test_large_batches_take_the_chunked_gemm_path_and_agree_with_the_kernel(kind, rows, monkeypatch) -> None:
+    w = torch.randn(rows, 64)
     weight = w.bfloat16() if kind == "none-bf16" else quantize(w, kind)
     lin = InferenceLinear(weight)
     x = torch.randn(KERNEL_MAX_ROWS + 5, 64)
@@ -134,7 +167,7 @@ def test_large_batches_take_the_chunked_gemm_path_and_agree_with_the_kernel(kind
         assert ((big - exact).norm() / exact.norm()) < 1e-2
     elif _native_bf16():  # packed weights: each row chunk dequantized, rounded to bfloat16, oneDNN's bf16 GEMM
         assert not isinstance(weight, torch.Tensor)
-        chunks = [weight.dequantize()[n : n + 70].bfloat16() for n in range(0, 300, 70)]
+        chunks = [weight.dequantize()[n : n + 70].bfloat16() for n in range(0, rows, 70)]
         expected = torch.cat([torch.nn.functional.linear(x.bfloat16(), c).float() for c in chunks], dim=-1)
         assert torch.equal(big, expected)
         assert ((big - exact).norm() / exact.norm()) < 1e-2

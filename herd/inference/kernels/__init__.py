@@ -20,6 +20,7 @@ from herd.formats.packed import GROUP, PackedWeight, unpack_int4
 
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("linear.cpp")
+_HEADERS = [Path(__file__).with_name("tiles.h")]  # included by linear.cpp: part of the build's key
 
 
 def _build_dir(tag: str) -> Path:
@@ -61,7 +62,8 @@ def available() -> bool:
             flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
             if _cpu_has("_is_avx512_bf16_supported"):  # bfloat16 pairs' dot products in one instruction
                 flags += ["-mavx512bf16"]
-    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    sources = b"".join(p.read_bytes() for p in [_SOURCE, *_HEADERS])
+    digest = hashlib.sha256(sources + " ".join(flags).encode()).hexdigest()[:12]
     tag = f"torch{torch.__version__.replace('+', '_')}-{capability.lower()}-{digest}"
     try:
         cpp_extension.load(
@@ -89,6 +91,11 @@ def bf16_activations() -> bool:
     return available() and bool(torch.ops.herd.bf16_activations())
 
 
+def tile_kernels() -> bool:
+    """Whether the int8/int4 kernels run weights in the tiled layout (`TiledWeight`, the AVX512-VNNI build)."""
+    return available() and bool(torch.ops.herd.tile_kernels())
+
+
 def linear_dense(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (M, K) float32 @ w (N, K)^T for float32 or bfloat16 w, in float32 (x rounded to bfloat16 for a bfloat16 w
     where `bf16_activations()`)."""
@@ -98,6 +105,7 @@ def linear_dense(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (M, K) float32 @ W^T for a packed int8 W (qweight (N, K)) or a tiled one (qweight (N/16, K/32, 512))."""
     if available():
         return torch.ops.herd.linear_int8(x, qweight, scales)
     w = qweight.float() * scales.float().repeat_interleave(GROUP, dim=1)
@@ -105,6 +113,7 @@ def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) ->
 
 
 def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """As linear_int8 for int4: qweight (N, K/2) packed or (N/16, K/32, 256) tiled."""
     if available():
         return torch.ops.herd.linear_int4(x, qweight, scales, mins)
     k = qweight.shape[1] * 2
@@ -145,7 +154,7 @@ def rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -
 def dequantize_rows(
     qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, n0: int, n1: int
 ) -> torch.Tensor:
-    """Rows n0..n1 of a packed int8 (mins None) or int4 weight as float32."""
+    """Rows n0..n1 of a packed or tiled int8 (mins None) or int4 weight as float32."""
     if available():
         return torch.ops.herd.dequantize_rows(qweight, scales, mins, n0, n1)
     kind = "int8" if mins is None else "int4"

@@ -7,9 +7,9 @@
 // scales (and mins for int4), GGUF's nibble order. x and y are float32.
 //
 // Rows of W are split across torch's intra-op threads. The AVX2+FMA+F16C path is used when the
-// compiler targets it, with AVX512-VNNI int8/int4 and AVX512-BF16 bfloat16 kernels where the build enables
-// those (kernels/__init__.py asks for them when the CPU has them); the portable loops are the reference on
-// other CPUs.
+// compiler targets it, with AVX512-BF16 bfloat16 kernels and AVX512-VNNI int8/int4 kernels (tiles.h, on weights
+// rearranged into tiles of 16 rows at load) where the build enables those (kernels/__init__.py asks for them when
+// the CPU has them); the portable loops are the reference on other CPUs.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -150,126 +150,6 @@ void q4_row(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const int8
   }
 }
 
-#ifdef HERD_VNNI
-// Blocks of 8 groups: their float16 scales convert in one instruction and are multiplied by x's 8 group scales at
-// once; a permute then spreads each group's scale over the lanes that hold its sums.
-constexpr int64_t kBlock = 8;
-
-inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
-
-// The products of the weight row's and x's group scales for the 8 groups from g, one vector per row of x.
-template <int MB>
-inline void block_scales(const uint16_t* sc, const float* xd, int64_t G, int64_t g, int64_t m0, __m256* s) {
-  const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g)));
-  for (int i = 0; i < MB; ++i) s[i] = _mm256_mul_ps(wd, _mm256_loadu_ps(xd + (m0 + i) * G + g));
-}
-
-// In the int8 kernel the 8 groups of a block each leave a vector of 8 int32 partial sums, which horizontal adds sum
-// up per group in the integer domain: one conversion and one multiply-add per block and row of x remain, where
-// converting every group's vector to float and scaling it cost three float instructions per dpbusd (faster at
-// 8-64 rows of x in a kernel-only A/B on the Zen 4 of benchmarks/results/generate.json, no faster at one row).
-// hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7]. Two rounds of it over groups 0..3 give
-// [lanes 0-3 of groups 0..3 | lanes 4-7 of groups 0..3]; combine_quads adds that and the one of groups 4..7 into the
-// 8 group sums in order.
-inline __m256i combine_quads(__m256i q03, __m256i q47) {
-  return _mm256_add_epi32(_mm256_blend_epi32(q03, q47, 0xF0), _mm256_permute2x128_si256(q03, q47, 0x21));
-}
-
-// int8: x is stored as x + 128 (unsigned, quantize_x's biased form), so dpbusd takes x as its unsigned operand and w
-// as the signed one; 128 * sum(w), the bias, is computed once per weight group for all rows of x and subtracted
-// from the integer sums.
-template <int MB>
-void q8_row_vnni(const int8_t* q, const uint16_t* sc, const uint8_t* xu, const float* xd, int64_t K, int64_t m0,
-                 float* out, int64_t N) {
-  const int64_t G = K / kGroup, GB = G - G % kBlock;
-  const __m256i k128 = _mm256_set1_epi8(static_cast<char>(0x80));
-  auto load = [](const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
-  __m256 acc[MB];
-  for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < GB; g += kBlock) {
-    __m256i quad[2][MB + 1];  // [i < MB]: row i of x; [MB]: the bias
-    for (int h = 0; h < 2; ++h) {
-      __m256i pair[2][MB + 1];
-      for (int p = 0; p < 2; ++p) {
-        const int64_t j = g + 4 * h + 2 * p;
-        const __m256i w0 = load(q + j * kGroup), w1 = load(q + (j + 1) * kGroup);
-        const __m256i z = _mm256_setzero_si256();
-        pair[p][MB] = _mm256_hadd_epi32(dot_u8s8(z, k128, w0), dot_u8s8(z, k128, w1));
-        for (int i = 0; i < MB; ++i) {
-          const uint8_t* x = xu + (m0 + i) * K + j * kGroup;
-          pair[p][i] = _mm256_hadd_epi32(dot_u8s8(z, load(x), w0), dot_u8s8(z, load(x + kGroup), w1));
-        }
-      }
-      for (int i = 0; i <= MB; ++i) quad[h][i] = _mm256_hadd_epi32(pair[0][i], pair[1][i]);
-    }
-    const __m256i bias = combine_quads(quad[0][MB], quad[1][MB]);
-    __m256 s[MB];
-    block_scales<MB>(sc, xd, G, g, m0, s);
-    for (int i = 0; i < MB; ++i) {
-      const __m256i sums = _mm256_sub_epi32(combine_quads(quad[0][i], quad[1][i]), bias);
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s[i], acc[i]);
-    }
-  }
-  for (int64_t g = GB; g < G; ++g) {  // the last G % 8 groups: lanes of partial sums, added up at the end
-    const __m256i w = load(q + g * kGroup);
-    const __m256i bias = dot_u8s8(_mm256_setzero_si256(), k128, w);
-    const float wd = _cvtsh_ss(sc[g]);
-    for (int i = 0; i < MB; ++i) {
-      const __m256i d = _mm256_sub_epi32(dot_u8s8(_mm256_setzero_si256(), load(xu + (m0 + i) * K + g * kGroup), w), bias);
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(wd * xd[(m0 + i) * G + g]), acc[i]);
-    }
-  }
-  for (int i = 0; i < MB; ++i) out[i * N] = hsum(acc[i]);
-}
-
-// int4: two groups per vector. Their 32 packed bytes give the low nibbles (values 0..15 of both groups) and the
-// high nibbles (16..31) with one shift and two ands; x comes pre-arranged to match (quantize_x's pair order), so
-// lanes 0-3 hold the first group's sums and lanes 4-7 the second's.
-template <int MB>
-void q4_row_vnni(const uint8_t* q, const uint16_t* sc, const uint16_t* mn, const int8_t* xq, const float* xd,
-                 const float* xsum, int64_t K, int64_t m0, float* out, int64_t N) {
-  const int64_t G = K / kGroup, GB = G - G % kBlock;
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  __m256 acc[MB][2];
-  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < GB; g += kBlock) {
-    __m256 s[MB];
-    block_scales<MB>(sc, xd, G, g, m0, s);
-    for (int p = 0; p < kBlock / 2; ++p) {
-      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (g + 2 * p) * kGroup / 2));
-      const __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
-      const __m256i lane = _mm256_setr_epi32(2 * p, 2 * p, 2 * p, 2 * p, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1);
-      for (int i = 0; i < MB; ++i) {
-        const int8_t* x = xq + (m0 + i) * K + (g + 2 * p) * kGroup;
-        __m256i d = dot_u8s8(_mm256_setzero_si256(), lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
-        d = dot_u8s8(d, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + kGroup)));
-        acc[i][p & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_permutevar8x32_ps(s[i], lane), acc[i][p & 1]);
-      }
-    }
-  }
-  const __m128i low4x = _mm_set1_epi8(0x0F);
-  for (int64_t g = GB; g < G; ++g) {  // the last G % 8 groups, one at a time, x in its natural order
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + g * kGroup / 2));
-    const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low4x), _mm_and_si128(b, low4x));
-    const float wd = _cvtsh_ss(sc[g]);
-    for (int i = 0; i < MB; ++i) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + g * kGroup));
-      const __m256i d = dot_u8s8(_mm256_setzero_si256(), w, x);
-      acc[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(wd * xd[(m0 + i) * G + g]), acc[i][0]);
-    }
-  }
-  int64_t g = 0;
-  for (; g + 8 <= G; g += 8) {
-    const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + g)));
-    for (int i = 0; i < MB; ++i) acc[i][1] = _mm256_fmadd_ps(m, _mm256_loadu_ps(xsum + (m0 + i) * G + g), acc[i][1]);
-  }
-  for (int i = 0; i < MB; ++i) {
-    float s = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
-    for (int64_t j = g; j < G; ++j) s += _cvtsh_ss(mn[j]) * xsum[(m0 + i) * G + j];
-    out[i * N] = s;
-  }
-}
-#endif  // HERD_VNNI
 
 // Attention's q.k: 64-128 products per key. The plain loop stays scalar (no reassociation of a float sum
 // without -ffast-math), and at batch 1 the keys' dot products are most of a block's time outside the weights.
@@ -527,70 +407,77 @@ void check_groups(const at::Tensor& t, int64_t N, int64_t G, const char* what) {
 // x (M, K) float32 -> int8 values (M, K), per-group scales d (M, K/32) with x ~ d * xq, d = max|x| / 127,
 // and the group sums of the rounded x, d * sum(xq) (M, K/32), which the int4 min term needs.
 struct QuantizedX {
-  at::Tensor xq, xd, xsum;
+  at::Tensor xq, xd, xsum, xtotal;
 };
 
-// pair_order: within each whole block of 8 groups, groups 2p and 2p+1 are stored as [first 16 of 2p, first 16 of
-// 2p+1, last 16 of 2p, last 16 of 2p+1], the order of a pair of packed int4 groups' low then high nibbles (the
-// VNNI int4 kernel). The scales and sums stay per group in natural order. biased: the values are stored as
-// xq + 128 in uint8's bits (the VNNI int8 kernel's unsigned operand); the sums are of xq.
-QuantizedX quantize_x(const at::Tensor& x, bool pair_order = false, bool biased = false) {
+QuantizedX quantize_x(const at::Tensor& x) {
   const int64_t M = x.size(0), K = x.size(1), G = K / kGroup;
   QuantizedX r{at::empty({M, K}, x.options().dtype(at::kChar)), at::empty({M, G}, x.options()),
-               at::empty({M, G}, x.options())};
+               at::empty({M, G}, x.options()), at::empty({M, G}, x.options().dtype(at::kInt))};
   const float* xp = x.data_ptr<float>();
   int8_t* q = r.xq.data_ptr<int8_t>();
   float* d = r.xd.data_ptr<float>();
   float* sum = r.xsum.data_ptr<float>();
-  const int64_t GB = pair_order ? G - G % 8 : 0;
+  int32_t* xt = r.xtotal.data_ptr<int32_t>();
   for (int64_t g = 0; g < M * G; ++g) {
     const float* v = xp + g * kGroup;
     float amax = 0;
     for (int64_t j = 0; j < kGroup; ++j) amax = std::max(amax, std::fabs(v[j]));
     const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-    // Where value j of the group goes: natural order, or its place in the group's pair.
-    const int64_t gi = g % G, pair_base = (g - gi + (gi & ~int64_t{1})) * kGroup, half = (gi & 1) * 16;
-    const bool paired = gi < GB;
     int32_t total = 0;
     for (int64_t j = 0; j < kGroup; ++j) {
       const int32_t r8 = std::clamp(static_cast<int32_t>(std::nearbyint(v[j] * inv)), -127, 127);
-      const int64_t at = paired ? pair_base + (j < 16 ? half + j : kGroup + half + j - 16) : g * kGroup + j;
-      q[at] = static_cast<int8_t>(biased ? r8 ^ 0x80 : r8);  // biased: the bits of r8 + 128 as uint8
+      q[g * kGroup + j] = static_cast<int8_t>(r8);
       total += r8;
     }
     d[g] = scale;
+    xt[g] = total;
     sum[g] = scale * static_cast<float>(total);
   }
   return r;
 }
 
+#ifdef HERD_VNNI
+#include "tiles.h"
+#endif
+
+// A tiled weight (3-D qweight, herd/inference/quantize.py's TiledWeight) runs on the VNNI tile kernels; a packed one
+// ((N, K) or (N, K/2) qweight) on the row kernels.
+bool is_tiled(const at::Tensor& q, const char* op) {
+#ifndef HERD_VNNI
+  TORCH_CHECK(q.dim() != 3, op, ": tiled weights need the AVX512-VNNI build of the kernels");
+#endif
+  return q.dim() == 3;
+}
+
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
+  if (is_tiled(q, "herd::linear_int8")) {  // throws where the build has no tile kernels
+#ifdef HERD_VNNI
+    return linear_tiled(x, q, scales, c10::nullopt, "herd::linear_int8");
+#endif
+  }
   TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous(), "herd::linear_int8: bad qweight");
   const int64_t N = q.size(0), K = q.size(1);
   TORCH_CHECK(K % kGroup == 0, "herd::linear_int8: K=", K, " is not a multiple of ", kGroup);
   check_x(x, K, "herd::linear_int8");
   const int64_t G = K / kGroup;
   check_groups(scales, N, G, "herd::linear_int8: scales");
-#ifdef HERD_VNNI
-  const QuantizedX qx = quantize_x(x, /*pair_order=*/false, /*biased=*/true);
-#else
   const QuantizedX qx = quantize_x(x);
-#endif
   const int8_t* xqp = qx.xq.data_ptr<int8_t>();
   const float* xdp = qx.xd.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
   return run_rows(x, N, K + 2 * G, [&](auto mb, int64_t n, int64_t m0, float* o) {
-#ifdef HERD_VNNI
-    q8_row_vnni<decltype(mb)::value>(qp + n * K, sp + n * G, reinterpret_cast<const uint8_t*>(xqp), xdp, K, m0,
-                                    o, N);
-#else
     q8_row<decltype(mb)::value>(qp + n * K, sp + n * G, xqp, xdp, K, m0, o, N);
-#endif
   });
 }
 
 at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& mins) {
+  if (is_tiled(q, "herd::linear_int4")) {  // throws where the build has no tile kernels
+#ifdef HERD_VNNI
+    return linear_tiled(x, q, scales, mins, "herd::linear_int4");
+#endif
+  }
   TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kByte && q.is_contiguous(), "herd::linear_int4: bad qweight");
   const int64_t N = q.size(0), K = q.size(1) * 2;
   TORCH_CHECK(K % kGroup == 0, "herd::linear_int4: K=", K, " is not a multiple of ", kGroup);
@@ -599,11 +486,7 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   check_groups(scales, N, G, "herd::linear_int4: scales");
   check_groups(mins, N, G, "herd::linear_int4: mins");
   // The min term uses the group sums of the rounded x, the activations the dot products see.
-#ifdef HERD_VNNI
-  const QuantizedX qx = quantize_x(x, /*pair_order=*/true);
-#else
   const QuantizedX qx = quantize_x(x);
-#endif
   const int8_t* xqp = qx.xq.data_ptr<int8_t>();
   const float* xdp = qx.xd.data_ptr<float>();
   const float* xs = qx.xsum.data_ptr<float>();
@@ -611,11 +494,7 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
   const uint16_t* mp = reinterpret_cast<const uint16_t*>(mins.data_ptr<at::Half>());
   return run_rows(x, N, K / 2 + 4 * G, [&](auto mb, int64_t n, int64_t m0, float* o) {
-#ifdef HERD_VNNI
-    q4_row_vnni<decltype(mb)::value>(qp + n * K / 2, sp + n * G, mp + n * G, xqp, xdp, xs, K, m0, o, N);
-#else
     q4_row<decltype(mb)::value>(qp + n * K / 2, sp + n * G, mp + n * G, xqp, xdp, xs, K, m0, o, N);
-#endif
   });
 }
 
@@ -801,6 +680,19 @@ at::Tensor decode_block(const at::Tensor& h, const at::Tensor& attention_norm, c
 at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& scales, const c10::optional<at::Tensor>& mins,
                            int64_t n0, int64_t n1) {
   const bool int4 = mins.has_value() && mins->defined();
+  if (is_tiled(q, "herd::dequantize_rows")) {
+#ifdef HERD_VNNI
+    const int64_t N = q.size(0) * kTile, K = q.size(1) * kGroup;
+    TORCH_CHECK(0 <= n0 && n0 <= n1 && n1 <= N, "herd::dequantize_rows: rows ", n0, "..", n1, " of ", N);
+    check_tiled(q, scales, mins, K, "herd::dequantize_rows");
+    at::Tensor out = at::empty({n1 - n0, K}, scales.options().dtype(at::kFloat));
+    float* o = out.data_ptr<float>();
+    at::parallel_for(n0, n1, 16, [&](int64_t a, int64_t b) {
+      for (int64_t n = a; n < b; ++n) dequantize_tiled_row(q, scales, mins, n, o + (n - n0) * K);
+    });
+    return out;
+#endif
+  }
   const int64_t N = q.size(0), K = int4 ? q.size(1) * 2 : q.size(1), G = K / kGroup;
   TORCH_CHECK(0 <= n0 && n0 <= n1 && n1 <= N, "herd::dequantize_rows: rows ", n0, "..", n1, " of ", N);
   check_groups(scales, N, G, "herd::dequantize_rows: scales");
@@ -842,8 +734,18 @@ bool bf16_activations() {
 #endif
 }
 
+// Whether linear_int8/linear_int4 take weights in the tiled layout (the AVX512-VNNI build).
+bool tile_kernels() {
+#ifdef HERD_VNNI
+  return true;
+#else
+  return false;
+#endif
+}
+
 TORCH_LIBRARY(herd, m) {
   m.def("bf16_activations() -> bool");
+  m.def("tile_kernels() -> bool");
   m.def("linear_dense(Tensor x, Tensor w) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor qweight, Tensor scales) -> Tensor");
   m.def("linear_int4(Tensor x, Tensor qweight, Tensor scales, Tensor mins) -> Tensor");
@@ -860,7 +762,10 @@ TORCH_LIBRARY(herd, m) {
       "int n_kv_heads, Tensor? row_pos=None) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(herd, CatchAll, m) { m.impl("bf16_activations", &bf16_activations); }
+TORCH_LIBRARY_IMPL(herd, CatchAll, m) {
+  m.impl("bf16_activations", &bf16_activations);
+  m.impl("tile_kernels", &tile_kernels);
+}
 
 TORCH_LIBRARY_IMPL(herd, CPU, m) {
   m.impl("linear_dense", &linear_dense);
