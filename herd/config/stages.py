@@ -89,6 +89,12 @@ class SynthSection:
     fact_open_book: float = 1.0
     """Share of real fact questions also asked with their snippet in the prompt (answerable from context)."""
     fact_fictitious: float = 0.15
+    fact_families: list[str] = field(
+        default_factory=lambda: ["http_status", "html_entity", "unicode_name", "errno", "mime_type", "month"]
+    )
+    """Fact families probed: reference data (http_status, html_entity, unicode_name, errno, mime_type, month) and
+    everyday closed-book knowledge (language, currency, time_unit, weekday, arithmetic; held-out questions phrased
+    unlike the train ones)."""
     max_new_tokens: int = 32
     batch_size: int = 32
     """Rows decoded together when probing and evaluating."""

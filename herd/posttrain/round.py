@@ -33,6 +33,8 @@ EVAL_METRICS = (
     ("fact_unanswerable_refused", "refusals, unanswerable questions (up is good)"),
     ("fact_answerable_refused", "refusals, answerable questions (down is good)"),
     ("fact_answerable_correct", "correct answers, answerable questions"),
+    ("fact_knew_refused", "refusals, closed-book questions the start knew (down is good)"),
+    ("fact_knew_correct", "correct answers, closed-book questions the start knew"),
     ("task_accuracy", "verifiable-task accuracy"),
 )
 

@@ -26,9 +26,12 @@ from herd.fileio import atomic_file
 
 
 def measure_peak_flops(dtype: torch.dtype, device: torch.device, *, n: int = 2048, reps: int = 4) -> float:
-    """Best FLOP/s of an n x n matmul on `device` in `dtype` (a few tenths of a second)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    """Best FLOP/s of an n x n matmul on `device` in `dtype` (a few tenths of a second). Its operands come from a
+    private generator: the trainer measures after restoring a checkpoint's RNG state, and drawing from the global one
+    there would shift every later random draw of a resumed run against the uninterrupted one."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, generator=g).to(dtype)
     best = float("inf")
     for _ in range(reps + 1):  # the first is a warm-up
         _sync(device)

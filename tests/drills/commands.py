@@ -1,7 +1,8 @@
 """The long-running commands the crash drills kill, each with inputs big enough that a kill can land mid-write.
 
-Training, post-training and `herd run` have their own kill tests (tests/train/test_train_resume.py,
-tests/posttrain/test_resume.py, tests/recipe/test_run.py); these are the data and checkpoint commands."""
+Training, SFT, the reward model, DPO, PPO and `herd run` have their own kill tests (tests/train/test_train_resume.py,
+tests/posttrain/test_resume.py, tests/recipe/test_run.py); these are the data and checkpoint commands, rejection
+sampling, and the post-training round (which composes the post-training stages)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def build_inputs(root: Path) -> Path:
     from herd.formats import Checkpoint, resolve_model_path, write_checkpoint
     from herd.model import ModelArgs, build_model
     from herd.posttrain.loader import save_tokenizer
+    from herd.posttrain.synth.tasks import make_tasks
     from herd.tokenizer import HFTokenizer
     from herd.tokenizer.train import save_ranks, train_bpe
 
@@ -67,6 +69,18 @@ def build_inputs(root: Path) -> Path:
         path = root / f"model-{seed}"
         write_checkpoint(path, Checkpoint(args=args, state_dict=sd, format="hf", path=path), "hf",
                          assets=lambda tmp: save_tokenizer(tokenizer, tmp))  # fmt: skip
+    # A tiny chat model (the embedded tokenizer and chat template, random weights) for rejection sampling and the
+    # round, and verifiable task prompts for it to sample.
+    chat_args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size,
+                          multiple_of=32, tie_embeddings=True, max_seq_len=512)  # fmt: skip
+    torch.manual_seed(2)
+    model = build_model(chat_args, device="cpu", init=False)
+    model.init_weights(std=0.02)
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    write_checkpoint(root / "chat", Checkpoint(args=chat_args, state_dict=sd, format="hf", path=root / "chat"), "hf",
+                     assets=lambda tmp: save_tokenizer(tokenizer, tmp))  # fmt: skip
+    tasks = make_tasks(random.Random(0), 24, split="train")
+    write_jsonl(root / "prompts.jsonl", [{"messages": t["messages"], "item": t} for t in tasks])
     return root
 
 
@@ -89,6 +103,109 @@ sizes = [{dim = 16, n_layers = 1}, {dim = 24, n_layers = 1}, {dim = 32, n_layers
 """
 
 
+RS = """[job]
+dump_folder = "rs"
+seed = 0
+[model]
+init_from = "chat"
+dtype = "float32"
+[data]
+files = ["prompts.jsonl"]
+[rs]
+reward_model = ""
+samples = 4
+max_new_tokens = 24
+batch_size = 16
+"""
+
+# The round on the tiny chat model, every stage a few steps in float32 (deterministic on one machine), with
+# checkpoints often enough that a kill lands between them. Each stage config names the files the round wires in
+# (a stage config must be a valid config of its command).
+QUIET = """[metrics]
+log_interval = 0
+tensorboard = false
+"""
+ROUND = {
+    "round.toml": """[job]
+dump_folder = "round"
+seed = 0
+[model]
+init_from = "chat"
+[round]
+sft_config = "sft.toml"
+rm_config = "rm.toml"
+rs_config = "rs.toml"
+dpo_config = "dpo.toml"
+eval_max_new_tokens = 16
+[synth]
+tool_dialogs = 12
+max_tools = 1
+tasks = 12
+rs_prompts = 8
+facts = 8
+fact_samples = 2
+max_new_tokens = 12
+eval_tools = 4
+eval_tasks = 4
+eval_facts = 4
+""",
+    "sft.toml": """[model]
+dtype = "float32"
+[data]
+files = ["round/synth/sft.jsonl"]
+[lr_schedule]
+warmup_steps = 1
+[training]
+steps = 6
+seq_len = 256
+batch_tokens = 1024
+[checkpoint]
+interval = 2
+"""
+    + QUIET,
+    "rm.toml": """[model]
+dtype = "float32"
+[data]
+files = ["round/synth/pairs.jsonl"]
+[lr_schedule]
+warmup_steps = 1
+[training]
+batch_size = 4
+micro_batch_size = 4
+seq_len = 256
+[checkpoint]
+interval = 2
+"""
+    + QUIET,
+    "rs.toml": """[model]
+dtype = "float32"
+[data]
+files = ["round/synth/prompts.jsonl"]
+[rs]
+samples = 2
+max_new_tokens = 12
+""",
+    "dpo.toml": """[model]
+dtype = "float32"
+[data]
+files = ["round/rs/rs_pairs.jsonl", "round/synth/pairs.jsonl"]
+[lr_schedule]
+warmup_steps = 1
+[training]
+batch_size = 4
+micro_batch_size = 4
+seq_len = 256
+[checkpoint]
+interval = 2
+"""
+    + QUIET,
+}
+# Wall-clock figures in the summaries, evaluations and trainers' logs.
+POSTTRAIN_TIMES = ("seconds", "total_s", "generation_s", "tokens_per_s", "samples_per_s", "scoring_s", "elapsed",
+                   "effective_training_time",
+                   "started_at", "wall_s")  # fmt: skip
+
+
 def _copy(inputs: Path, *names: str) -> Callable[[Path], None]:
     def setup(work: Path) -> None:
         for name in names:
@@ -99,9 +216,14 @@ def _copy(inputs: Path, *names: str) -> Callable[[Path], None]:
 
 
 def _with_file(setup: Callable[[Path], None], name: str, text: str) -> Callable[[Path], None]:
+    return _with_files(setup, {name: text})
+
+
+def _with_files(setup: Callable[[Path], None], files: dict[str, str]) -> Callable[[Path], None]:
     def both(work: Path) -> None:
         setup(work)
-        (work / name).write_text(text)
+        for name, text in files.items():
+            (work / name).write_text(text)
 
     return both
 
@@ -171,6 +293,27 @@ def drills(inputs: Path) -> dict[str, Drill]:
                 "runs/*/metrics.jsonl": "the trainer's append-only log, cut back to the resumed step on resume",
                 "runs/*/checkpoints.jsonl": "as metrics.jsonl",
                 "runs/*/events.jsonl": "the trainer's append-only record of resumes, rollbacks and skips",
+            },
+        ),
+        "rs": Drill(
+            args=["rs", "--config", "rs.toml"],
+            output="rs",
+            complete=lambda out: (out / "summary.json").is_file(),
+            setup=_with_file(_copy(inputs, "chat", "prompts.jsonl"), "rs.toml", RS),
+            timing_keys=POSTTRAIN_TIMES,
+        ),
+        "round": Drill(
+            args=["round", "--config", "round.toml"],
+            output="round",
+            complete=lambda out: (out / "round.json").is_file(),
+            setup=_with_files(_copy(inputs, "chat"), ROUND),
+            timing_keys=POSTTRAIN_TIMES,
+            volatile=("*/metrics.jsonl", "*/checkpoints.jsonl", "*/.metadata"),
+            history=("*/events.jsonl",),
+            in_place={
+                "*/metrics.jsonl": "the trainers' append-only log, cut back to the resumed step on resume",
+                "*/checkpoints.jsonl": "as metrics.jsonl",
+                "*/events.jsonl": "the trainers' append-only record of resumes, rollbacks and skips",
             },
         ),
         "ckpt average": Drill(

@@ -59,3 +59,16 @@ def test_a_run_killed_with_sigkill_resumes_bit_identically(synthetic_shards, tmp
     assert losses(run_dir) == losses(tmp_path / "reference"), f"killed after step {killed_at}"
     assert [e["event"] for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())].count(
         "resume") == 1  # fmt: skip
+
+
+def test_measuring_peak_flops_leaves_the_global_rng_alone() -> None:
+    """The trainer measures after restoring a checkpoint's RNG state (when metrics.peak_tflops is 0); a draw from the
+    global generator there made a resumed round's RNG state differ from the uninterrupted one's (tests/drills)."""
+    import torch
+
+    from herd.train.metrics import measure_peak_flops
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    measure_peak_flops(torch.float32, torch.device("cpu"), n=64, reps=1)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -35,6 +35,7 @@ from typing import Any
 
 from herd.errors import DataError
 from herd.inference import Engine, SamplingParams
+from herd.posttrain.synth import everyday
 from herd.posttrain.synth.tasks import SPLITS, split_of
 
 # question kind -> (family, question templates, topic for refusals); "{s}" is the question's subject
@@ -106,6 +107,8 @@ _QUESTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
 }
 FAMILIES = tuple(dict.fromkeys(family for family, _, _ in _QUESTIONS.values()))
+"""The reference-data families (the default); everyday.FAMILIES are the everyday closed-book ones."""
+ALL_FAMILIES = FAMILIES + everyday.FAMILIES
 
 _REFUSALS = (
     "I'm not sure about that; I don't know {topic}.",
@@ -170,8 +173,8 @@ def fact_items(
     if not 0 <= fictitious <= 1:
         raise DataError(f"fictitious={fictitious}: expected a share between 0 and 1")
     names = list(FAMILIES) if families is None else list(families)
-    if unknown := [f for f in names if f not in FAMILIES]:
-        raise DataError(f"unknown fact family {unknown[0]!r}: expected some of {', '.join(FAMILIES)}")
+    if unknown := [f for f in names if f not in ALL_FAMILIES]:
+        raise DataError(f"unknown fact family {unknown[0]!r}: expected some of {', '.join(ALL_FAMILIES)}")
     n_fictitious = round(n * fictitious)
     pools = {f: [q for q in _questions(f) if split_of(q["key"]) == split] for f in names}
     for pool in pools.values():
@@ -194,7 +197,7 @@ def fact_items(
         raise DataError(f"could make only {len(seen)} distinct fictitious {split} questions, not {n_fictitious}")
     rng.shuffle(items)
     for q in items:
-        templates = _QUESTIONS[q.pop("question")][1]
+        templates = _templates(q.pop("question"), split)
         q["split"] = split
         q["open_book"] = False
         q["messages"] = [{"role": "user", "content": rng.choice(templates).format(s=q["subject"])}]
@@ -361,10 +364,18 @@ def _kept_answer(item: dict[str, Any], rng: random.Random) -> str | None:
 # Snippets and questions from installed data
 
 
+def _templates(kind: str, split: str) -> tuple[str, ...]:
+    """A kind's question templates for the split: the everyday kinds phrase eval questions unlike train ones."""
+    return everyday.templates(kind, split) if kind in everyday.QUESTIONS else _QUESTIONS[kind][1]
+
+
 def _question(
     kind: str, key: str, subject: str, answer: str | None, snippet: str | None, aliases: Sequence[str] = ()
 ) -> dict[str, Any]:
-    family, _, topic = _QUESTIONS[kind]
+    if kind in everyday.QUESTIONS:
+        family, _, _, topic = everyday.QUESTIONS[kind]
+    else:
+        family, _, topic = _QUESTIONS[kind]
     return {
         "kind": "fact",
         "family": family,
@@ -390,7 +401,10 @@ _UNICODE_BLOCKS = ((0x21, 0x7E), (0xA1, 0xFF), (0x391, 0x3C9), (0x20A0, 0x20C0),
 
 
 def _questions(family: str) -> Iterator[dict[str, Any]]:
-    if family == "http_status":
+    if family in everyday.FAMILIES:
+        for fact in everyday.facts(family):
+            yield _question(*fact)
+    elif family == "http_status":
         for status in http.HTTPStatus:
             code, phrase = str(status.value), status.phrase
             snippet = f"HTTP status {code} is {phrase}" + (f": {status.description}" if status.description else "")
@@ -439,6 +453,8 @@ def _made_up_word(rng: random.Random, parts: int) -> str:
 
 def _fictitious(family: str, rng: random.Random) -> dict[str, Any]:
     """A question from the family's templates about something that does not exist."""
+    if family in everyday.FAMILIES:
+        return _question(*everyday.made_up(family, rng))
     while True:
         if family == "http_status":
             code = rng.randint(600, 999)  # HTTP defines no status at or above 600

@@ -144,7 +144,7 @@ def _fact_questions(s: SynthSection, split: str, n: int, seed: int) -> list[dict
     """`n` closed-book questions, and for a `fact_open_book` share of the real ones the same question with its
     snippet (answerable from the prompt)."""
     rng = random.Random(seed)
-    closed = fact_items(rng, n, split=split, fictitious=s.fact_fictitious)
+    closed = fact_items(rng, n, split=split, fictitious=s.fact_fictitious, families=s.fact_families)
     return closed + [open_book_variant(q) for q in closed if not q["fictitious"] and rng.random() < s.fact_open_book]
 
 
@@ -180,6 +180,9 @@ def evaluate(
             if item["answerable"]:
                 add("fact_answerable_correct", s["correct"] and not s["refused"])
                 add("fact_answerable_refused", s["refused"])
+                if not item["open_book"]:  # closed-book and known to the starting model: the "knew before" set
+                    add("fact_knew_correct", s["correct"] and not s["refused"])
+                    add("fact_knew_refused", s["refused"])
             else:
                 add("fact_unanswerable_refused", s["refused"])
     metrics: dict[str, Any] = {k: round(sum(v) / len(v), 4) for k, v in sorted(counts.items())}
