@@ -26,7 +26,7 @@ def main() -> None:
 
     from herd.formats import load_pretrained
     from herd.inference import Engine
-    from herd.posttrain.synth.facts import ALL_FAMILIES, fact_items, probe
+    from herd.posttrain.synth.facts import ALL_FAMILIES, count_questions, fact_items, probe
     from herd.train.metrics import native_bf16
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -45,7 +45,8 @@ def main() -> None:
     for family in ALL_FAMILIES:
         families[family] = {}
         for split in ("train", "eval"):
-            items = fact_items(random.Random(a.seed), a.per_family, split=split, fictitious=0.0, families=[family])
+            n = min(a.per_family, count_questions(family, split))  # months: 12 facts in all
+            items = fact_items(random.Random(a.seed), n, split=split, fictitious=0.0, families=[family])
             probed = probe(engine, items, samples=a.samples, seed=a.seed)
             labels = collections.Counter(q["label"] for q in probed)
             families[family][split] = {

@@ -204,6 +204,11 @@ def fact_items(
     return items
 
 
+def count_questions(family: str, split: str) -> int:
+    """How many distinct real questions the family has in the split (fact_items draws at most this many)."""
+    return sum(1 for q in _questions(family) if split_of(q["key"]) == split)
+
+
 def open_book_variant(item: dict[str, Any]) -> dict[str, Any]:
     """The same question with its snippet before it: answerable from the prompt. Paired with the closed-book
     question, it teaches the difference between "I was told" and "I do not know" on identical wording."""
