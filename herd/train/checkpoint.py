@@ -147,14 +147,21 @@ class _DropDCPLogs(logging.Filter):
         return "torch/distributed/checkpoint" not in record.pathname.replace("\\", "/")
 
 
+# Single-process save/load is intended here; DCP warns about it every time. The filter is installed process-wide as
+# well as around each call: an async save's writer thread warns while the training thread is outside the
+# `catch_warnings` block (which is not thread-safe either), and that put the warning on the stderr of a run that
+# must fail in one line. The block keeps it quiet where something (pytest) resets the filters between calls.
+_SINGLE_PROCESS = r".*torch\.distributed is disabled, unavailable or uninitialized.*"
+warnings.filterwarnings("ignore", message=_SINGLE_PROCESS)
+
+
 @contextlib.contextmanager
 def _quiet_dcp() -> Iterator[None]:
     root, dcp_log = logging.getLogger(), _DropDCPLogs()
     root.addFilter(dcp_log)
     try:
         with warnings.catch_warnings():
-            # Single-process save/load is intended here; DCP warns about it every time.
-            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            warnings.filterwarnings("ignore", message=_SINGLE_PROCESS)
             yield
     finally:
         root.removeFilter(dcp_log)

@@ -118,13 +118,19 @@ max_new_tokens = 24
 batch_size = 16
 """
 
+
 # The round on the tiny chat model, every stage a few steps in float32 (deterministic on one machine), with
 # checkpoints often enough that a kill lands between them. Each stage config names the files the round wires in
 # (a stage config must be a valid config of its command).
-QUIET = """[metrics]
-log_interval = 0
-tensorboard = false
-"""
+def _stage(files: list[str], training: str) -> str:
+    text = f'[model]\ndtype = "float32"\n[data]\nfiles = {json.dumps(files)}\n'
+    if training:  # a trainer's stage: a short warmup, checkpoints every 2 steps, no logging
+        text += f"[lr_schedule]\nwarmup_steps = 1\n[training]\n{training}[checkpoint]\ninterval = 2\n"
+        text += "[metrics]\nlog_interval = 0\ntensorboard = false\n"
+    return text
+
+
+PAIRS_TRAINING = "batch_size = 4\nmicro_batch_size = 4\nseq_len = 256\n"
 ROUND = {
     "round.toml": """[job]
 dump_folder = "round"
@@ -149,61 +155,14 @@ eval_tools = 4
 eval_tasks = 4
 eval_facts = 4
 """,
-    "sft.toml": """[model]
-dtype = "float32"
-[data]
-files = ["round/synth/sft.jsonl"]
-[lr_schedule]
-warmup_steps = 1
-[training]
-steps = 6
-seq_len = 256
-batch_tokens = 1024
-[checkpoint]
-interval = 2
-"""
-    + QUIET,
-    "rm.toml": """[model]
-dtype = "float32"
-[data]
-files = ["round/synth/pairs.jsonl"]
-[lr_schedule]
-warmup_steps = 1
-[training]
-batch_size = 4
-micro_batch_size = 4
-seq_len = 256
-[checkpoint]
-interval = 2
-"""
-    + QUIET,
-    "rs.toml": """[model]
-dtype = "float32"
-[data]
-files = ["round/synth/prompts.jsonl"]
-[rs]
-samples = 2
-max_new_tokens = 12
-""",
-    "dpo.toml": """[model]
-dtype = "float32"
-[data]
-files = ["round/rs/rs_pairs.jsonl", "round/synth/pairs.jsonl"]
-[lr_schedule]
-warmup_steps = 1
-[training]
-batch_size = 4
-micro_batch_size = 4
-seq_len = 256
-[checkpoint]
-interval = 2
-"""
-    + QUIET,
+    "sft.toml": _stage(["round/synth/sft.jsonl"], "steps = 6\nseq_len = 256\nbatch_tokens = 1024\n"),
+    "rm.toml": _stage(["round/synth/pairs.jsonl"], PAIRS_TRAINING),
+    "rs.toml": _stage(["round/synth/prompts.jsonl"], "") + "[rs]\nsamples = 2\nmax_new_tokens = 12\n",
+    "dpo.toml": _stage(["round/rs/rs_pairs.jsonl", "round/synth/pairs.jsonl"], PAIRS_TRAINING),
 }
 # Wall-clock figures in the summaries, evaluations and trainers' logs.
 POSTTRAIN_TIMES = ("seconds", "total_s", "generation_s", "tokens_per_s", "samples_per_s", "scoring_s", "elapsed",
-                   "effective_training_time",
-                   "started_at", "wall_s")  # fmt: skip
+                   "effective_training_time", "started_at", "wall_s")  # fmt: skip
 
 
 def _copy(inputs: Path, *names: str) -> Callable[[Path], None]:
