@@ -9,8 +9,9 @@
 //         are values 4c.. and high nibbles values 16 + 4c.. (GGUF's order, as in herd/formats/packed.py)
 //   scales (and int4 mins): (N/16, G, 16) float16
 // Each lane is one output, so there are no horizontal sums, and the per-group float work (convert, scale, add) is one
-// instruction per 16 outputs. Rows of x reuse each loaded weight vector. 512-bit dpbusd does twice the products per
-// second of the 256-bit one on the Zen 4 this was tuned on (it issues at the same rate).
+// instruction per 16 outputs. Rows of x reuse each loaded weight vector. A 512-bit dpbusd holds a whole tile's 16
+// lanes; on the Zen 4 this was tuned on, 512-bit dpbusd issued about as often per second as the 256-bit form, so
+// it does more products per second (a development micro-loop, not committed).
 //
 // Every output comes from the same instructions in the same order whatever M is (groups in order, one float
 // accumulator per output), so a request's logits are bit-identical alone or batched.
