@@ -40,7 +40,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 def build_inputs(root: Path) -> Path:
     """Inputs every drill copies: part of the embedded raw corpus, a jsonl of generated documents, a BPE tokenizer,
-    and two HF checkpoints of one shape."""
+    two HF checkpoints of one shape, a tiny chat model and task prompts for it."""
     import torch
 
     from herd.data.corpus import build_corpus
@@ -56,29 +56,25 @@ def build_inputs(root: Path) -> Path:
     docs = documents(3000)
     write_jsonl(root / "docs.jsonl", docs)
     save_ranks(train_bpe([d["text"] for d in docs[:300]], 640), root / "tok" / "tokenizer.model")
-    # About 30M parameters (120 MB in float32) with the embedded model's tokenizer, so that writing a conversion
-    # takes a good part of the command's time.
     tokenizer = HFTokenizer.from_gguf(resolve_model_path(None))
-    args = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size, multiple_of=64,
-                     max_seq_len=256)  # fmt: skip
-    for seed in (0, 1):
+
+    def write_model(name: str, args: ModelArgs, seed: int) -> None:
+        """Random weights from `seed`, with the embedded model's tokenizer (and chat template), as an HF directory."""
         torch.manual_seed(seed)
         model = build_model(args, device="cpu", init=False)
         model.init_weights(std=0.02)
         sd = {k: v.detach() for k, v in model.state_dict().items()}
-        path = root / f"model-{seed}"
-        write_checkpoint(path, Checkpoint(args=args, state_dict=sd, format="hf", path=path), "hf",
+        write_checkpoint(root / name, Checkpoint(args=args, state_dict=sd, format="hf", path=root / name), "hf",
                          assets=lambda tmp: save_tokenizer(tokenizer, tmp))  # fmt: skip
-    # A tiny chat model (the embedded tokenizer and chat template, random weights) for rejection sampling and the
-    # round, and verifiable task prompts for it to sample.
-    chat_args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size,
-                          multiple_of=32, tie_embeddings=True, max_seq_len=512)  # fmt: skip
-    torch.manual_seed(2)
-    model = build_model(chat_args, device="cpu", init=False)
-    model.init_weights(std=0.02)
-    sd = {k: v.detach() for k, v in model.state_dict().items()}
-    write_checkpoint(root / "chat", Checkpoint(args=chat_args, state_dict=sd, format="hf", path=root / "chat"), "hf",
-                     assets=lambda tmp: save_tokenizer(tokenizer, tmp))  # fmt: skip
+
+    # About 30M parameters (120 MB in float32), so that writing a conversion takes a good part of the command's time.
+    args = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size, multiple_of=64,
+                     max_seq_len=256)  # fmt: skip
+    for seed in (0, 1):
+        write_model(f"model-{seed}", args, seed)
+    # A tiny chat model for rejection sampling and the round, and verifiable task prompts for it to sample.
+    write_model("chat", ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size,
+                                  multiple_of=32, tie_embeddings=True, max_seq_len=512), seed=2)  # fmt: skip
     tasks = make_tasks(random.Random(0), 24, split="train")
     write_jsonl(root / "prompts.jsonl", [{"messages": t["messages"], "item": t} for t in tasks])
     return root

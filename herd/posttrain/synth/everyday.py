@@ -161,12 +161,9 @@ def _country_facts(family: str) -> Iterator[Fact]:
             yield "currency", f"currency:{code}", name, currency, snippet, aliases
 
 
-_SYLLABLES = ("zor", "bli", "quu", "vex", "tra", "mip", "gol", "nax", "fen", "dru", "kel", "sop")
-
-
-def made_up(family: str, rng: random.Random) -> Fact:
-    """A question of the family about something that does not exist."""
-    word = "".join(rng.choice(_SYLLABLES) for _ in range(2))
+def made_up(family: str, rng: random.Random, word: str) -> Fact:
+    """A question of the family about something that does not exist, named after the made-up `word` (facts.py makes
+    its made-up words for every family)."""
     if family in ("language", "currency"):
         country = word.capitalize() + rng.choice(("ia", "land", "stan", "ovia"))
         return family, f"{family}:{country}", country, None, None, ()

@@ -176,7 +176,7 @@ def fact_items(
     if unknown := [f for f in names if f not in ALL_FAMILIES]:
         raise DataError(f"unknown fact family {unknown[0]!r}: expected some of {', '.join(ALL_FAMILIES)}")
     n_fictitious = round(n * fictitious)
-    pools = {f: [q for q in _questions(f) if split_of(q["key"]) == split] for f in names}
+    pools = {f: _pool(f, split) for f in names}
     for pool in pools.values():
         rng.shuffle(pool)
     items: list[dict[str, Any]] = []
@@ -206,7 +206,12 @@ def fact_items(
 
 def count_questions(family: str, split: str) -> int:
     """How many distinct real questions the family has in the split (fact_items draws at most this many)."""
-    return sum(1 for q in _questions(family) if split_of(q["key"]) == split)
+    return len(_pool(family, split))
+
+
+def _pool(family: str, split: str) -> list[dict[str, Any]]:
+    """The family's real questions whose fact falls in the split."""
+    return [q for q in _questions(family) if split_of(q["key"]) == split]
 
 
 def open_book_variant(item: dict[str, Any]) -> dict[str, Any]:
@@ -459,7 +464,7 @@ def _made_up_word(rng: random.Random, parts: int) -> str:
 def _fictitious(family: str, rng: random.Random) -> dict[str, Any]:
     """A question from the family's templates about something that does not exist."""
     if family in everyday.FAMILIES:
-        return _question(*everyday.made_up(family, rng))
+        return _question(*everyday.made_up(family, rng, _made_up_word(rng, 2)))
     while True:
         if family == "http_status":
             code = rng.randint(600, 999)  # HTTP defines no status at or above 600
