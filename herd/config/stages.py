@@ -90,11 +90,16 @@ class SynthSection:
     """Share of real fact questions also asked with their snippet in the prompt (answerable from context)."""
     fact_fictitious: float = 0.15
     fact_families: list[str] = field(
-        default_factory=lambda: ["http_status", "html_entity", "unicode_name", "errno", "mime_type", "month"]
-    )
-    """Fact families probed: reference data (http_status, html_entity, unicode_name, errno, mime_type, month) and
-    everyday closed-book knowledge (language, currency, time_unit, weekday, arithmetic; held-out questions phrased
-    unlike the train ones)."""
+        default_factory=lambda: [
+            "language", "currency", "continent", "time_unit", "unit", "weekday", "opposite", "month", "http_status",
+        ]
+    )  # fmt: skip
+    """Fact families probed. Everyday closed-book knowledge (language, currency, continent, time_unit, unit,
+    weekday, opposite, arithmetic; held-out questions phrased unlike the train ones) and reference data
+    (http_status, html_entity, unicode_name, errno, mime_type, month). The default mixes families where a small
+    model knows part of the answers, so the probe finds knowledge to keep as well as gaps to refuse, with one
+    family it barely knows (HTTP reason phrases). Arithmetic is left out: the verifiable tasks teach it as a skill,
+    and refusing "what is 7 times 8?" would contradict them."""
     max_new_tokens: int = 32
     batch_size: int = 32
     """Rows decoded together when probing and evaluating."""

@@ -40,6 +40,28 @@ def test_everyday_facts_hold_the_answers_people_expect() -> None:
     assert len(_all("language")) > 150 and len(_all("currency")) > 150  # CLDR's countries, not a hand-picked few
 
 
+def test_continents_come_from_time_zones_and_skip_what_they_cannot_settle() -> None:
+    expected = {"FR": "Europe", "JP": "Asia", "KE": "Africa", "PE": "South America", "BR": "South America",
+                "MX": "North America", "US": "North America", "NZ": "Oceania", "AU": "Oceania"}  # fmt: skip
+    for code, continent in expected.items():
+        assert _fact("continent", f"continent:{code}")["answer"] == continent, code
+    keys = {q["key"] for q in _all("continent")}
+    # Spanning two continents (Russia, Turkey, Egypt), or only island zones that name an ocean (Iceland, Maldives).
+    assert not {"continent:RU", "continent:TR", "continent:EG", "continent:IS", "continent:MV"} & keys
+    latvia = _fact("continent", "continent:LV")
+    assert judge(latvia, "Latvia is a European country.") == judge(latvia, "Europe") == "correct"
+    assert judge(_fact("continent", "continent:PE"), "Peru is in North America.") == "wrong"
+    assert len(keys) > 150
+
+
+def test_units_and_opposites() -> None:
+    assert judge(_fact("unit", "unit:centimeters_are_in_a_meter"), "A meter has 100 centimeters.") == "correct"
+    assert judge(_fact("unit", "unit:bits_are_in_a_byte"), "A byte has 16 bits.") == "wrong"
+    hot = _fact("opposite", "opposite:hot")
+    assert judge(hot, "The opposite of 'hot' is 'cold'.") == "correct" and judge(hot, "warm") == "wrong"
+    assert judge(_fact("opposite", "opposite:big"), "little") == "correct"  # other antonyms count
+
+
 def test_held_out_questions_are_phrased_unlike_any_train_question() -> None:
     for kind, (_, train, held_out, _) in everyday.QUESTIONS.items():
         assert train and held_out and not set(train) & set(held_out), kind
@@ -71,9 +93,10 @@ def test_evaluate_reports_the_knew_before_set_apart_from_open_book_questions(tin
     from herd.posttrain.synth.run import evaluate
 
     closed = fact_items(random.Random(0), 3, split="eval", fictitious=0.0, families=["arithmetic"])
-    probed = [{**q, "samples": [], "label": label} for q, label in zip(closed, ["known", "unknown", "known"],
-                                                                       strict=True)]  # fmt: skip
-    probed.append({**open_book_variant(closed[1]), "samples": [], "label": "unknown"})
+    greedy = [{"response": "", "verdict": v, "finish_reason": "stop"} for v in ("correct", "wrong", "correct")]
+    probed = [{**q, "greedy": g, "samples": [], "label": label}
+              for q, g, label in zip(closed, greedy, ["known", "unknown", "mixed"], strict=True)]  # fmt: skip
+    probed.append({**open_book_variant(closed[1]), "greedy": greedy[1], "samples": [], "label": "unknown"})
     items = fact_eval(probed)
     loaded = load_pretrained(tiny_chat_model)
     metrics = evaluate(loaded.model, loaded.tokenizer, items, max_new_tokens=4)

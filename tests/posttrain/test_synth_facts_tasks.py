@@ -251,13 +251,22 @@ def test_fact_splits_are_disjoint_by_fact_key():
         fact_items(random.Random(0), 10_000, split="eval")
 
 
-def test_fact_eval_labels_answerable_and_skips_mixed():
-    items = fact_items(random.Random(0), 3, split="eval", fictitious=0.0)
+def _greedy(verdict: str) -> dict:
+    return {"response": "", "verdict": verdict, "finish_reason": "stop"}
+
+
+def test_fact_eval_answerable_is_what_the_model_answers_right_greedily():
+    items = fact_items(random.Random(0), 4, split="eval", fictitious=0.0)
     probed = [
-        {**i, "samples": [], "label": label} for i, label in zip(items, ["known", "unknown", "mixed"], strict=True)
-    ]
+        {**i, "greedy": _greedy(g), "samples": [], "label": label}
+        for i, g, label in zip(items, ["correct", "wrong", "wrong", "correct"], ["known", "unknown", "mixed", "mixed"],
+                               strict=True)
+    ]  # fmt: skip
     evals = fact_eval(probed)
-    assert [e["answerable"] for e in evals] == [True, False]
+    # Greedy right is the "knew before" set even when the samples stray (mixed); greedy wrong and some sample
+    # right is left out.
+    assert [(e["key"], e["answerable"]) for e in evals] == [(items[0]["key"], True), (items[1]["key"], False),
+                                                            (items[3]["key"], True)]  # fmt: skip
     assert all(e["kind"] == "fact" and "aliases" in e for e in evals)
     with pytest.raises(DataError):
         fact_eval([{**probed[0], "split": "train"}])
@@ -278,20 +287,31 @@ class _FakeEngine:
     def generate(self, prompts, params):
         from herd.inference import Completion
 
-        assert len({p.seed for p in params[:3]}) == 3  # each sample of an item has its own seed
+        assert params[0].temperature == 0  # the greedy answer first, then the samples
+        assert len({p.seed for p in params[1:4]}) == 3  # each sample of an item has its own seed
         return [Completion(prompt_tokens=p, text=self.replies[i % len(self.replies)], finish_reason="stop")
                 for i, p in enumerate(prompts)]  # fmt: skip
 
 
-def test_probe_labels_from_sample_verdicts():
+def test_probe_labels_from_the_greedy_answer_and_the_samples():
     item = _fact("Not Found")
     fictitious = {**_fact(None, key="http_status:777")}
-    assert probe(_FakeEngine(["Not Found."]), [item], samples=3)[0]["label"] == "known"
-    assert probe(_FakeEngine(["Not Found.", "Not Found.", "Gone."]), [item], samples=3)[0]["label"] == "known"
-    assert probe(_FakeEngine(["Not Found.", "Gone.", "Gone."]), [item], samples=3)[0]["label"] == "mixed"
-    assert probe(_FakeEngine(["I don't know.", "Gone."]), [item], samples=3)[0]["label"] == "unknown"
+
+    def label(replies: list[str]) -> str:  # replies: the greedy answer, then three samples
+        return probe(_FakeEngine(replies), [item], samples=3)[0]["label"]
+
+    assert label(["Not Found."]) == "known"
+    assert label(["Not Found.", "Not Found.", "Not Found.", "Gone."]) == "known"
+    assert label(["Not Found.", "Not Found.", "Gone.", "Gone."]) == "mixed"
+    # Greedy right and every sample astray: the model says it when asked, so it is not "unknown" (no refusal).
+    assert label(["Not Found.", "Gone.", "Gone.", "Gone."]) == "mixed"
+    assert label(["Gone.", "Not Found.", "Not Found.", "Not Found."]) == "mixed"
+    assert label(["I don't know.", "Gone."]) == "unknown"
+    [probed] = probe(_FakeEngine(["Not Found.", "Gone."]), [item], samples=3)
+    assert probed["greedy"]["response"] == "Not Found." and [s["response"] for s in probed["samples"]] == [
+        "Gone.", "Not Found.", "Gone."]  # fmt: skip
     [result] = probe(_FakeEngine(["Not Found."]), [fictitious], samples=3)
-    assert result["label"] == "unknown" and result["samples"] == []
+    assert result["label"] == "unknown" and result["samples"] == [] and result["greedy"] is None
 
 
 @pytest.mark.slow
@@ -314,4 +334,5 @@ def test_probe_with_the_embedded_model():
     records = make_fact_data(probed, random.Random(0))
     assert len(records) <= sum(p["label"] != "mixed" for p in probed)
     assert all(r["messages"][-1]["role"] == "assistant" for r in records)
-    assert len(fact_eval(probed)) == sum(p["label"] != "mixed" for p in probed)
+    kept = [p for p in probed if p["label"] == "unknown" or (p["greedy"] or {}).get("verdict") == "correct"]
+    assert len(fact_eval(probed)) == len(kept)

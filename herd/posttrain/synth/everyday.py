@@ -7,7 +7,10 @@ what people ask a chat model every day, so the probe finds knowledge to keep as 
 - "language": the official language of a country; "currency": the currency it uses. Both from the CLDR data that
   babel ships (territory names, official and de facto languages, the currency in use on a fixed date, English
   display names), read at run time.
-- "time_unit": how many of one unit of time make another (60 seconds in a minute, 7 days in a week...).
+- "continent": the continent of a country, from the time zones CLDR lists for it (Europe/Paris).
+- "time_unit": how many of one unit of time make another (60 seconds in a minute, 7 days in a week...); "unit":
+  the same for measures and counts people learn at school (100 centimeters in a meter, 8 legs on a spider).
+- "opposite": the antonym of a common word (a table written for herd).
 - "weekday": the day after or before a day of the week (`calendar`).
 - "arithmetic": products of one-digit numbers and sums of two-digit numbers.
 
@@ -25,6 +28,7 @@ import calendar
 import datetime
 import functools
 import random
+from collections import Counter
 from collections.abc import Iterator
 
 # question kind -> (family, train templates, eval templates, topic for refusals); "{s}" is the subject
@@ -58,6 +62,24 @@ QUESTIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {
         ("Which day of the week comes before {s}?", "What day precedes {s}? Answer briefly."),
         ("If today is {s}, what day was it yesterday?", "Yesterday, when today is {s}, was which day?"),
         "which day comes before {s}",
+    ),
+    "continent": (
+        "continent",
+        ("Which continent is {s} in?", "On what continent is {s}? Answer briefly."),
+        ("Looking at a world map, where would I find {s}: on which continent?", "{s} is part of which continent?"),
+        "which continent {s} is in",
+    ),
+    "unit": (
+        "unit",
+        ("How many {s}? Answer with a number.", "Tell me how many {s}."),
+        ("Quick question: how many {s}?", "Do you know how many {s}?"),
+        "how many {s}",
+    ),
+    "opposite": (
+        "opposite",
+        ("What is the opposite of the word '{s}'?", "Give the antonym of '{s}'. Answer with one word."),
+        ("If something is not {s} but the reverse, what is it?", "'{s}' is the opposite of what word?"),
+        "the opposite of '{s}'",
     ),
     "product": (
         "arithmetic",
@@ -99,9 +121,49 @@ _TIME_UNITS = (  # (how many, what is counted): the question's subject is "{what
     (30, "days April has"),
     (4, "quarters are in a year"),
 )
-_NUMBER_WORDS = {7: "seven", 10: "ten", 12: "twelve", 14: "fourteen", 24: "twenty-four", 28: "twenty-eight",
-                 30: "thirty", 31: "thirty-one", 52: "fifty-two", 60: "sixty", 100: "a hundred",
-                 1000: "a thousand", 4: "four"}  # fmt: skip
+_UNITS = (  # (how many, what is counted), as for _TIME_UNITS
+    (100, "centimeters are in a meter"), (10, "millimeters are in a centimeter"), (1000, "meters are in a kilometer"),
+    (1000, "grams are in a kilogram"), (1000, "milliliters are in a liter"), (12, "inches are in a foot"),
+    (3, "feet are in a yard"), (16, "ounces are in a pound"), (12, "eggs are in a dozen"), (5280, "feet are in a mile"),
+    (100, "cents are in a dollar"), (2, "pints are in a quart"), (4, "quarts are in a gallon"),
+    (1000, "kilograms are in a metric ton"), (8, "bits are in a byte"), (1024, "bytes are in a kibibyte"),
+    (90, "degrees are in a right angle"), (360, "degrees are in a full circle"),
+    (180, "degrees are in a straight angle"),
+    (3, "sides does a triangle have"), (4, "sides does a square have"), (6, "sides does a hexagon have"),
+    (8, "sides does an octagon have"), (5, "sides does a pentagon have"), (8, "legs does a spider have"),
+    (6, "legs does an insect have"), (52, "cards are in a standard deck without jokers"), (26, "letters are in the "
+    "English alphabet"), (64, "squares are on a chessboard"), (11, "players are on a soccer team on the field"),
+)  # fmt: skip
+_OPPOSITES = (  # (word, its usual antonym, other accepted antonyms)
+    ("hot", "cold", ()), ("big", "small", ("little", "tiny")), ("up", "down", ()), ("day", "night", ()),
+    ("happy", "sad", ("unhappy",)), ("fast", "slow", ()), ("open", "closed", ("close", "shut")),
+    ("light", "dark", ("heavy",)), ("tall", "short", ()), ("full", "empty", ()), ("wet", "dry", ()),
+    ("early", "late", ()), ("rich", "poor", ()), ("strong", "weak", ()), ("young", "old", ()),
+    ("left", "right", ()), ("win", "lose", ()), ("buy", "sell", ()), ("push", "pull", ()),
+    ("inside", "outside", ()), ("begin", "end", ("finish",)), ("north", "south", ()), ("east", "west", ()),
+    ("true", "false", ()), ("hard", "soft", ("easy",)), ("love", "hate", ()), ("friend", "enemy", ("foe",)),
+    ("clean", "dirty", ()), ("cheap", "expensive", ()), ("loud", "quiet", ("soft", "silent")),
+    ("thick", "thin", ()), ("sweet", "sour", ("bitter", "salty")), ("above", "below", ("beneath", "under")),
+    ("arrive", "leave", ("depart",)), ("remember", "forget", ()), ("question", "answer", ()),
+    ("ancient", "modern", ()), ("asleep", "awake", ()), ("floor", "ceiling", ()), ("entrance", "exit", ()),
+    ("victory", "defeat", ("loss",)), ("accept", "reject", ("refuse", "decline")), ("increase", "decrease", ()),
+    ("maximum", "minimum", ()), ("visible", "invisible", ()), ("polite", "rude", ("impolite",)),
+)  # fmt: skip
+# CLDR has no continents; babel's territory -> time zone table does (Europe/Paris), except that "America" is both
+# Americas, split here by the South American countries, and ocean regions (Atlantic, Indian) say nothing. Countries
+# on two continents are left out.
+_ZONE_CONTINENT = {"Europe": "Europe", "Asia": "Asia", "Africa": "Africa", "Australia": "Oceania", "Pacific": "Oceania"}
+_SOUTH_AMERICA = {"AR", "BO", "BR", "CL", "CO", "EC", "GY", "PY", "PE", "SR", "UY", "VE", "GF", "FK"}
+_CONTINENT_ALIASES = {  # an answer with the adjective ("a European country") says the same
+    "Europe": ("European",), "Asia": ("Asian",), "Africa": ("African",), "North America": ("North American",),
+    "South America": ("South American",), "Oceania": ("Australia", "Pacific", "Oceanian"),
+}  # fmt: skip
+_OCEAN_ZONES = ("Antarctica/", "Atlantic/", "Indian/")
+_TRANSCONTINENTAL = {"RU", "TR", "KZ", "EG", "AZ", "GE", "CY", "AM", "PA", "ID", "TL", "PG"}
+_NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 10: "ten",
+                 11: "eleven", 12: "twelve", 14: "fourteen", 16: "sixteen", 24: "twenty-four", 26: "twenty-six",
+                 28: "twenty-eight", 30: "thirty", 31: "thirty-one", 52: "fifty-two", 60: "sixty", 64: "sixty-four",
+                 90: "ninety", 100: "a hundred", 1000: "a thousand"}  # fmt: skip
 
 
 def facts(family: str) -> Iterator[Fact]:
@@ -112,6 +174,16 @@ def facts(family: str) -> Iterator[Fact]:
             snippet = f"How many {what}? {n}."
             aliases = (_NUMBER_WORDS[n],) if n in _NUMBER_WORDS else ()
             yield "time_unit", "time_unit:" + "_".join(what.split()), what, str(n), snippet, aliases
+    elif family == "unit":
+        for n, what in _UNITS:
+            aliases = (_NUMBER_WORDS[n],) if n in _NUMBER_WORDS else ()
+            yield "unit", "unit:" + "_".join(what.split()), what, str(n), f"How many {what}? {n}.", aliases
+    elif family == "opposite":
+        for word, antonym, others in _OPPOSITES:
+            snippet = f"The opposite of '{word}' is '{antonym}'."
+            yield "opposite", f"opposite:{word}", word, antonym, snippet, others
+    elif family == "continent":
+        yield from _continent_facts()
     elif family == "weekday":
         days = list(calendar.day_name)
         for i, day in enumerate(days):
@@ -149,6 +221,26 @@ def _countries() -> tuple[tuple[str, str, tuple[str, ...], str | None, str | Non
     return tuple(out)
 
 
+def _continent_facts() -> Iterator[Fact]:
+    from babel.core import get_global
+
+    zones = get_global("territory_zones")
+    for code, name, *_ in _countries():
+        # Outlying islands aside (Hawaii is a US zone), the region of most of the country's zones.
+        regions = Counter(z.split("/")[0] for z in zones.get(code, ()) if not z.startswith(_OCEAN_ZONES))
+        if not regions or code in _TRANSCONTINENTAL:
+            continue
+        region, count = regions.most_common(1)[0]
+        if 2 * count <= regions.total():
+            continue
+        if region == "America":
+            continent = "South America" if code in _SOUTH_AMERICA else "North America"
+        elif (continent := _ZONE_CONTINENT.get(region, "")) == "":
+            continue
+        aliases = _CONTINENT_ALIASES[continent]
+        yield "continent", f"continent:{code}", name, continent, f"{name} is in {continent}.", aliases
+
+
 def _country_facts(family: str) -> Iterator[Fact]:
     for code, name, languages, currency, currency_code in _countries():
         if family == "language":
@@ -167,6 +259,13 @@ def made_up(family: str, rng: random.Random, word: str) -> Fact:
     if family in ("language", "currency"):
         country = word.capitalize() + rng.choice(("ia", "land", "stan", "ovia"))
         return family, f"{family}:{country}", country, None, None, ()
+    if family == "continent":
+        return "continent", f"continent:{word}", word.capitalize() + rng.choice(("ia", "land", "stan")), None, None, ()
+    if family == "unit":
+        subject = f"{word}s are in a {rng.choice(('meter', 'kilogram', 'liter', 'mile'))}"
+        return "unit", f"unit:{word}", subject, None, None, ()
+    if family == "opposite":
+        return "opposite", f"opposite:{word}", word, None, None, ()
     if family == "time_unit":
         subject = f"{word}s are in a {rng.choice(('week', 'day', 'year'))}"
         return "time_unit", f"time_unit:{word}", subject, None, None, ()

@@ -9,8 +9,8 @@
    reliable ones, so herd fills templates and the snippet carries the ground truth (`answer` plus `aliases`).
    Fictitious questions use the same templates on entities that do not exist (HTTP status 777, "&zorbquux;") and
    are always unanswerable.
-3. `probe` samples the model's answers and `judge`s each one; an item is "known" when most samples are correct,
-   "unknown" when none is, and "mixed" otherwise.
+3. `probe` asks each question greedily and samples more answers, and `judge`s each one: an item is "known" when the
+   greedy answer and at least half the samples are correct, "unknown" when none is, and "mixed" otherwise.
 4. `make_fact_data` keeps a correct sampled answer for known items and writes a refusal for unknown ones; mixed
    items are left out. `make_fact_pairs` turns those records into preference pairs in both directions (refusal >
    wrong answer, answer > refusal). `fact_eval` turns probed eval items into answerable / unanswerable test items.
@@ -233,8 +233,15 @@ def probe(
     max_new_tokens: int = 24,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Each item plus `samples` ({"response", "verdict", "finish_reason"}) and `label`: "known" (most samples
-    correct), "unknown" (none correct) or "mixed". Fictitious items are labelled unknown without sampling."""
+    """Each item plus `greedy` and `samples` (each {"response", "verdict", "finish_reason"}) and `label`:
+
+    - "known": the greedy answer is correct and at least half the samples are;
+    - "unknown": the greedy answer is not correct and no sample is;
+    - "mixed": anything between.
+
+    The greedy answer is what the model says when asked (evaluation decodes greedily), the samples say how firmly
+    it holds it: a small model sampled at 0.7 often strays from an answer it gives greedily, so samples alone
+    would call known facts unknown and teach refusals of them. Fictitious items are unknown without sampling."""
     if samples < 1:
         raise DataError(f"samples={samples}: expected at least 1")
     prompts, params, owners = [], [], []
@@ -242,6 +249,9 @@ def probe(
         if item["fictitious"]:
             continue
         ids = engine.tokenizer.encode_chat(item["messages"], add_generation_prompt=True)
+        prompts.append(ids)
+        params.append(SamplingParams(max_new_tokens=max_new_tokens))
+        owners.append(i)
         for s in range(samples):
             prompts.append(ids)
             # Same seed + same prompt gives the same sample, so each sample of an item gets its own seed.
@@ -252,10 +262,16 @@ def probe(
         verdict = judge(items[i], completion.text)
         results[i].append({"response": completion.text, "verdict": verdict, "finish_reason": completion.finish_reason})
     probed = []
-    for item, sampled in zip(items, results, strict=True):
+    for item, (greedy, *sampled) in zip(items, [r or [None] for r in results], strict=True):
+        if greedy is None:
+            probed.append({**item, "greedy": None, "samples": [], "label": "unknown"})
+            continue
         correct = sum(s["verdict"] == "correct" for s in sampled)
-        label = "unknown" if correct == 0 else "known" if 2 * correct > len(sampled) else "mixed"
-        probed.append({**item, "samples": sampled, "label": label})
+        if greedy["verdict"] == "correct":
+            label = "known" if 2 * correct >= len(sampled) else "mixed"
+        else:
+            label = "unknown" if correct == 0 else "mixed"
+        probed.append({**item, "greedy": greedy, "samples": sampled, "label": label})
     return probed
 
 
@@ -296,9 +312,7 @@ def make_fact_pairs(probed: Sequence[dict[str, Any]], records: Sequence[dict[str
         item = by_key[record["key"]]
         chosen = record["messages"][-1]["content"]
         if is_refusal(chosen):
-            wrong = [
-                s["response"].strip() for s in item["samples"] if s["verdict"] == "wrong" and s["response"].strip()
-            ]
+            wrong = [s["response"].strip() for s in _answers(item) if s["verdict"] == "wrong" and s["response"].strip()]
             if not wrong:  # fictitious questions are not sampled
                 continue
             rejected = rng.choice(wrong)
@@ -310,13 +324,17 @@ def make_fact_pairs(probed: Sequence[dict[str, Any]], records: Sequence[dict[str
 
 
 def fact_eval(probed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Eval items from probed eval-split questions: known and open-book ones answerable, unknown and fictitious
-    ones not; closed-book mixed ones are left out because the base model neither knows nor surely misses them."""
+    """Eval items from probed eval-split questions. Answerable: open-book ones, and closed-book ones the model
+    answers correctly when asked greedily (the "knew before" set: what evaluation would have scored right). Not
+    answerable: unknown and fictitious ones. The rest (greedy wrong, some sample right) are left out, because the
+    base model neither knows nor surely misses them."""
     items = []
     for item in probed:
         if item["split"] != "eval":
             raise DataError(f"fact {item['key']!r} is from the {item['split']} split; fact_eval takes eval items only")
-        if item["label"] == "mixed" and not item.get("open_book"):
+        greedy = item.get("greedy") or {}
+        knew = greedy.get("verdict") == "correct"
+        if not (knew or item["label"] == "unknown" or item.get("open_book")):
             continue
         items.append(
             {
@@ -326,7 +344,7 @@ def fact_eval(probed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "messages": item["messages"],
                 "answer": item["answer"],
                 "aliases": item["aliases"],
-                "answerable": item["label"] == "known" or bool(item.get("open_book")),
+                "answerable": knew or bool(item.get("open_book")),
                 "open_book": bool(item.get("open_book")),
                 "fictitious": item["fictitious"],
             }
@@ -356,8 +374,17 @@ def _fold(text: str) -> str:
     return " ".join(text.lower().replace("’", "'").replace("-", " ").split())
 
 
+def _answers(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The greedy answer (when probed) and the samples."""
+    return ([item["greedy"]] if item.get("greedy") else []) + list(item["samples"])
+
+
 def _kept_answer(item: dict[str, Any], rng: random.Random) -> str | None:
-    correct = [s for s in item["samples"] if s["verdict"] == "correct"]
+    """The SFT target of a known item: its greedy answer when that finished, else a finished correct sample, else
+    a correct answer cut at its last sentence that still holds the answer."""
+    correct = [s for s in _answers(item) if s["verdict"] == "correct"]
+    if correct and correct[0] is item.get("greedy") and correct[0]["finish_reason"] == "stop":
+        return str(correct[0]["response"]).strip()
     finished = [s["response"].strip() for s in correct if s["finish_reason"] == "stop"]
     if finished:
         return rng.choice(finished)

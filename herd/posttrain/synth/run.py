@@ -109,7 +109,7 @@ def run_synth(cfg: JobConfig, *, model: Transformer | None = None, tokenizer: To
     # Probed questions are prompts too: answer the answerable, refuse the rest (mixed ones have no right action).
     for q in probed:
         if q["label"] != "mixed" or q["open_book"]:
-            item = {k: v for k, v in q.items() if k != "samples"}
+            item = {k: v for k, v in q.items() if k not in ("samples", "greedy")}
             item["answerable"] = q["label"] == "known" or q["open_book"]
             prompts.append({"messages": q["messages"], "item": item})
     labels = {k: sum(p["label"] == k for p in probed) for k in ("known", "unknown", "mixed")}

@@ -94,7 +94,21 @@ def _draw_conversion(rng: random.Random, docs: list[dict[str, Any]]) -> tuple[di
     else:
         value = rng.choice((rng.randint(2, 500), round(rng.uniform(0.1, 100), 1)))
     args = {"value": value, "from_unit": from_unit, "to_unit": to_unit}
-    return args, {"value": value, "src": UNIT_NAMES[from_unit], "dst": UNIT_NAMES[to_unit]}
+    return args, {"value": value, "src": _unit_shown(rng, from_unit), "dst": _unit_shown(rng, to_unit)}
+
+
+# How people write units besides the tool's codes and their names: requests name a unit any of these ways, and
+# the call always takes the code.
+_UNIT_SPELLINGS = {
+    "C": ("°C", "Celsius", "celsius"), "F": ("°F", "Fahrenheit", "fahrenheit"), "K": ("kelvins",),
+    "lb": ("lbs", "pound"), "kg": ("kilos", "kilogram"), "km": ("kilometres", "kms"), "m": ("metres", "meter"),
+    "mi": ("mile",), "ft": ("foot",), "in": ("inch",), "g": ("gram",), "oz": ("ounce",), "t": ("metric tons",),
+    "cm": ("centimetres",), "mm": ("millimetres",), "yd": ("yard",), "mg": ("milligram",),
+}  # fmt: skip
+
+
+def _unit_shown(rng: random.Random, unit: str) -> str:
+    return rng.choice((UNIT_NAMES[unit], UNIT_NAMES[unit], unit, *_UNIT_SPELLINGS.get(unit, ())))
 
 
 def _read_conversion(fields: dict[str, Any], output: str) -> dict[str, Any]:
@@ -177,6 +191,11 @@ _TASKS = (
             "How many {dst} is {value} {src}?",
             "Convert {value} {src} to {dst}.",
             "I have {value} {src}. What is that in {dst}?",
+            "hey, {value} {src} in {dst}?",
+            "{value} {src} -> {dst}",
+            "My notes say {value} {src}, but I need the figure in {dst}. Can you convert it?",
+            "Could you please turn {value} {src} into {dst} for me? Thanks!",
+            "quick conversion: {value} {src} to {dst}",
             "What's {value} {src} expressed in {dst}?",
         ),
         ("{value} {src} is {result} {dst}.", "That's {result} {dst}.", "{value} {src} converts to {result} {dst}."),
@@ -189,6 +208,10 @@ _TASKS = (
             "How many days are there between {start} and {end}?",
             "Count the days from {start} to {end}.",
             "If today is {start}, how many days until {end}?",
+            "days between {start} and {end}?",
+            "I signed the lease on {start} and it runs out on {end}. How many days is that?",
+            "Could you please work out how many days lie between {start} and {end}? Thank you.",
+            "{start} to {end}: how many days?",
             "What is the number of days separating {start} and {end}?",
         ),
         ("There are {days} days between {start} and {end}.", "From {start} to {end} is {days} days.", "{days} days."),
@@ -201,6 +224,10 @@ _TASKS = (
             "What does HTTP status code {code} mean?",
             "My server returned {code}. What is that?",
             "Look up the HTTP status {code} for me.",
+            "got a {code} error, what's that?",
+            "HTTP {code}?",
+            "The API I call answered with status {code}. What does it mean?",
+            "Could you please look up what status code {code} stands for?",
             "Which reason phrase goes with HTTP {code}?",
         ),
         ('HTTP {code} is "{phrase}"{about}.', 'Status {code} means "{phrase}"{about}.'),
@@ -213,6 +240,9 @@ _TASKS = (
             'How many words are in this text: "{text}"',
             "Count the words in the following sentence:\n{text}",
             "Word count please: {text}",
+            "word count: {text}",
+            'Here is a line from my essay: "{text}" How many words does it have?',
+            'Could you please count the words in "{text}"? Thanks.',
             "Tell me how many words this has: {text}",
         ),
         ("That text has {words} words.", "I count {words} words ({characters} characters).", "{words} words."),
@@ -225,6 +255,8 @@ _TASKS = (
             "What is {title}?",
             "Search for {title} and tell me what it is.",
             "Look up {title} for me.",
+            "search {title}",
+            "I keep hearing about {title}. Can you look it up?",
             "Find information about {title}.",
         ),
         (
