@@ -43,6 +43,7 @@ def add_guard_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seq-len", type=int, default=d.seq_len)
     q.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
     q.add_argument("--seed", type=int, default=d.seed)
+    q.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype, help="compute precision")
     q.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
     q.set_defaults(func=cmd_guard_train)
 
@@ -94,7 +95,7 @@ def cmd_guard_train(a: argparse.Namespace) -> None:
 
     settings = GuardTrainSettings(max_examples=a.max_examples, epochs=a.epochs, rank=a.rank, alpha=a.alpha,
                                   last_layers=a.last_layers, lr=a.lr, seq_len=a.seq_len, batch_tokens=a.batch_tokens,
-                                  seed=a.seed)  # fmt: skip
+                                  seed=a.seed, dtype=a.dtype)  # fmt: skip
     meta = train_guard(a.out, settings)
     adapter = Path(a.out) / "adapter"
     print(f"done: {meta['steps']} steps in {meta['seconds']}s, final loss {meta['final_loss']:.4f}; adapter {adapter}")

@@ -29,13 +29,14 @@ def test_sft_dialogs_teach_the_lg3_answer() -> None:
 @pytest.mark.slow
 def test_train_writes_adapters_that_load_into_a_guard(tmp_path: Path) -> None:
     meta = train_guard(
-        tmp_path, GuardTrainSettings(max_examples=6, batch_tokens=2048, last_layers=2), log=lambda _: None
+        tmp_path, GuardTrainSettings(max_examples=6, epochs=1.0, batch_tokens=2048, last_layers=2), log=lambda _: None
     )
     adapters = load_file(str(tmp_path / "adapter" / "adapter.safetensors"))
     blocks = {name.split(".")[1] for name in adapters}
     assert blocks == {"28", "29"} and all(t.dtype == torch.bfloat16 for t in adapters.values())
     assert meta["steps"] == 1 and meta["train_examples"] == 6
-    assert meta["command"] == f"herd guard train --out {tmp_path} --max-examples 6 --last-layers 2 --batch-tokens 2048"
+    flags = "--max-examples 6 --epochs 1.0 --last-layers 2 --batch-tokens 2048"
+    assert meta["command"] == f"herd guard train --out {tmp_path} {flags}"
     assert (tmp_path / "data" / "heldout.jsonl").stat().st_size > 0
     decoder, tokenizer = load_embedded_guard(tmp_path / "adapter")
     result = Guard(decoder, tokenizer).classify([{"role": "user", "content": "hello"}])
