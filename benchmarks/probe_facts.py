@@ -1,11 +1,13 @@
-"""What the starting model knows, by fact family: the knowledge probe of `herd synth` (3 samples per closed-book
-question at temperature 0.7, "known" when most are correct, "unknown" when none is) run on every family, both
-splits. The round can only learn "answer what you know" from families where the probe finds knowledge.
+"""What the starting model knows, by fact family: the knowledge probe of `herd synth` (a greedy answer and 3 samples
+at temperature 0.7 per closed-book question; "known" when the greedy answer and at least half the samples are
+correct, "unknown" when none is) run on every family, both splits. The round can only learn "answer what you know"
+from families where the probe finds knowledge.
 
-    .venv/bin/python benchmarks/probe_facts.py                      # the embedded SmolLM2-135M-Instruct, ~2 minutes
+    .venv/bin/python benchmarks/probe_facts.py                      # the embedded SmolLM2-135M-Instruct, ~3 minutes
     .venv/bin/python benchmarks/probe_facts.py --model runs/round/dpo/model --per-family 20
 
-Writes benchmarks/results/probe_facts.json: per family and split, the label counts and three probed examples.
+Writes benchmarks/results/probe_facts.json: per family and split, the greedy answers that are right, the label
+counts and three probed examples.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ def main() -> None:
             labels = collections.Counter(q["label"] for q in probed)
             families[family][split] = {
                 "questions": len(probed), **{k: labels.get(k, 0) for k in ("known", "mixed", "unknown")},
+                "greedy_correct": sum(q["greedy"]["verdict"] == "correct" for q in probed),
                 "examples": [{"question": q["messages"][0]["content"], "answer": q["answer"],
-                              "sample": q["samples"][0]["response"], "label": q["label"]} for q in probed[:3]],
+                              "greedy": q["greedy"]["response"], "label": q["label"]} for q in probed[:3]],
             }  # fmt: skip
-            print(family, split, {k: families[family][split][k] for k in ("known", "mixed", "unknown")}, flush=True)
+            counts = ("greedy_correct", "known", "mixed", "unknown")
+            print(family, split, {k: families[family][split][k] for k in counts}, flush=True)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     result = {
         "meta": {"date": time.strftime("%Y-%m-%d"), "model": a.model or "embedded SmolLM2-135M-Instruct",

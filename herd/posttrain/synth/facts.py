@@ -11,9 +11,10 @@
    are always unanswerable.
 3. `probe` asks each question greedily and samples more answers, and `judge`s each one: an item is "known" when the
    greedy answer and at least half the samples are correct, "unknown" when none is, and "mixed" otherwise.
-4. `make_fact_data` keeps a correct sampled answer for known items and writes a refusal for unknown ones; mixed
-   items are left out. `make_fact_pairs` turns those records into preference pairs in both directions (refusal >
-   wrong answer, answer > refusal). `fact_eval` turns probed eval items into answerable / unanswerable test items.
+4. `make_fact_data` keeps a correct answer for known items (the greedy one when it finished) and writes a refusal
+   for unknown ones; mixed items are left out. `make_fact_pairs` turns those records into preference pairs in both
+   directions (refusal > wrong answer, answer > refusal). `fact_eval` turns probed eval items into answerable /
+   unanswerable test items.
 
 Splits: an item's split is a hash partition (`split_of`) of its fact key ("http_status:404"), shared by every
 question about that fact, so eval facts are never trained on in either direction.
@@ -107,7 +108,8 @@ _QUESTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
 }
 FAMILIES = tuple(dict.fromkeys(family for family, _, _ in _QUESTIONS.values()))
-"""The reference-data families (the default); everyday.FAMILIES are the everyday closed-book ones."""
+"""The reference-data families (fact_items' default); everyday.FAMILIES are the everyday closed-book ones. `herd synth`
+probes a mix of both (`synth.fact_families`)."""
 ALL_FAMILIES = FAMILIES + everyday.FAMILIES
 
 _REFUSALS = (
@@ -262,10 +264,11 @@ def probe(
         verdict = judge(items[i], completion.text)
         results[i].append({"response": completion.text, "verdict": verdict, "finish_reason": completion.finish_reason})
     probed = []
-    for item, (greedy, *sampled) in zip(items, [r or [None] for r in results], strict=True):
-        if greedy is None:
+    for item, answers in zip(items, results, strict=True):
+        if not answers:  # fictitious: not asked
             probed.append({**item, "greedy": None, "samples": [], "label": "unknown"})
             continue
+        greedy, sampled = answers[0], answers[1:]
         correct = sum(s["verdict"] == "correct" for s in sampled)
         if greedy["verdict"] == "correct":
             label = "known" if 2 * correct >= len(sampled) else "mixed"
@@ -276,11 +279,11 @@ def probe(
 
 
 def make_fact_data(probed: Sequence[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
-    """SFT records: a correct sampled answer for known items, a refusal for unknown ones; mixed items are left out.
+    """SFT records: a correct answer for known items, a refusal for unknown ones; mixed items are left out.
 
-    A finished correct sample is preferred; a cut-off one is trimmed to its last sentence that still holds the
-    answer, and a known item with no such text is left out too. An open-book question the model missed gets the
-    snippet's answer as its target."""
+    The greedy answer is preferred when it finished, then a finished correct sample; a cut-off one is trimmed to its
+    last sentence that still holds the answer, and a known item with no such text is left out too. An open-book
+    question the model missed gets the snippet's answer as its target."""
     records = []
     for item in probed:
         if item["label"] == "known":
