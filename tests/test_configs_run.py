@@ -134,7 +134,7 @@ def test_round(inputs, tmp_path) -> None:
     from herd.posttrain.round import format_done, run_round, stage_configs
 
     cfg = run_of("posttrain/round.toml", "round", tmp_path, f"model.init_from='{inputs['model']}'",
-                 "round.eval_max_new_tokens=8", *SMALL_SYNTH)  # fmt: skip
+                 "round.eval_max_new_tokens=8", *SMALL_SYNTH, "synth.max_tools=1")  # fmt: skip
     paths = {f"{n}_config": str(CONFIGS.parent / getattr(cfg.round, f"{n}_config")) for n in ("sft", "rm", "rs", "dpo")}
     cfg = replace(cfg, round=replace(cfg.round, **paths))
     stages = stage_configs(cfg)
