@@ -169,15 +169,10 @@ _NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven
 def facts(family: str) -> Iterator[Fact]:
     if family in ("language", "currency"):
         yield from _country_facts(family)
-    elif family == "time_unit":
-        for n, what in _TIME_UNITS:
-            snippet = f"How many {what}? {n}."
+    elif family in ("time_unit", "unit"):  # both "how many X?" tables: the kind is the family's name
+        for n, what in _TIME_UNITS if family == "time_unit" else _UNITS:
             aliases = (_NUMBER_WORDS[n],) if n in _NUMBER_WORDS else ()
-            yield "time_unit", "time_unit:" + "_".join(what.split()), what, str(n), snippet, aliases
-    elif family == "unit":
-        for n, what in _UNITS:
-            aliases = (_NUMBER_WORDS[n],) if n in _NUMBER_WORDS else ()
-            yield "unit", "unit:" + "_".join(what.split()), what, str(n), f"How many {what}? {n}.", aliases
+            yield family, f"{family}:" + "_".join(what.split()), what, str(n), f"How many {what}? {n}.", aliases
     elif family == "opposite":
         for word, antonym, others in _OPPOSITES:
             snippet = f"The opposite of '{word}' is '{antonym}'."
