@@ -38,7 +38,7 @@ def args_from_fields(build: Callable[[dict[str, Any], Path], ModelArgs], fields:
         return build(fields, source)
     except ModelError as e:
         raise CheckpointError(f"{source}: describes an invalid model ({e})") from None
-    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError) as e:
         raise CheckpointError(f"{source}: invalid field ({type(e).__name__}: {str(e)[:200]})") from None
 
 

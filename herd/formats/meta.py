@@ -8,6 +8,7 @@ layers (wo, w2) along dim 1; norms are replicated. Merging concatenates along th
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,10 @@ def read_meta(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor], dic
 
 def _load_pth(file: Path) -> dict[str, torch.Tensor]:
     try:
-        sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # a corrupt file draws torch UserWarnings before it fails: one line only
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     # A corrupt file fails inside torch's zip reader or its weights-only unpickler with whatever that code meets
     # (RuntimeError, KeyError, UnicodeDecodeError, EOFError...): every failure is the file's.
     except Exception as e:

@@ -8,6 +8,7 @@ Preset values follow Meta's `params.json` files (as listed in `llama_models.sku_
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -57,6 +58,11 @@ class ModelArgs:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         self._check_sizes("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "multiple_of")
+        self._check_reals(rope_theta=self.rope_theta, ffn_dim_multiplier=self.ffn_dim_multiplier)
+        if self.rope_scaling is not None:
+            self._check_reals(**{f"rope_scaling.{k}": v for k, v in dataclasses.asdict(self.rope_scaling).items()})
+        if (eps := _real(self.norm_eps)) is None or eps < 0:
+            raise ModelError(f"model args: norm_eps must be a finite number >= 0, got {self.norm_eps!r}")
         if self.n_heads % self.n_kv_heads:
             raise ModelError(f"model args: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim is None:
@@ -79,6 +85,13 @@ class ModelArgs:
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
                 raise ModelError(f"model args: {name} must be a positive integer, got {value!r}")
 
+    @staticmethod
+    def _check_reals(**values: object) -> None:
+        # A config's 1e999 parses as inf, and int(inf * width) would raise OverflowError deep in __post_init__.
+        for name, value in values.items():
+            if value is not None and ((x := _real(value)) is None or x <= 0):
+                raise ModelError(f"model args: {name} must be a finite positive number, got {value!r}")
+
     def replace(self, **changes: object) -> ModelArgs:
         """A copy with some fields changed; derived fields are recomputed unless given."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -90,6 +103,13 @@ class ModelArgs:
             fields["head_dim"] = None
         fields.update(changes)
         return ModelArgs(**fields)
+
+
+def _real(value: object) -> float | None:
+    """The value as a float when it is a finite real number (not a bool, inf or nan), else None."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 _LLAMA3_VOCAB = 128256

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -158,6 +159,28 @@ def test_params_mismatch_names_tensor_and_both_shapes(meta_dir) -> None:
     expected = r"'tok_embeddings.weight' has shape \[256, 64\], the model expects \[300, 64\]"
     with pytest.raises(CheckpointError, match=expected):
         read_checkpoint(meta_dir)
+
+
+@pytest.mark.parametrize(("field", "value"), [("ffn_dim_multiplier", "1e999"), ("rope_theta", "NaN"),
+                                              ("norm_eps", "-Infinity"), ("rope_theta", "0")])  # fmt: skip
+def test_a_non_finite_number_in_params_is_named(meta_dir, field, value) -> None:
+    # Found by the long fuzz run: 1e999 parses as inf, and int(inf * width) raised OverflowError.
+    p = meta_dir / "params.json"
+    params = json.loads(p.read_text()) | {field: "@"}
+    p.write_text(json.dumps(params).replace('"@"', value))
+    with pytest.raises(CheckpointError, match=rf"params\.json: describes an invalid model .*{field} must be a finite"):
+        read_checkpoint(meta_dir)
+
+
+def test_an_odd_pickle_protocol_byte_draws_no_torch_warning(meta_dir) -> None:
+    # torch warns about a pickle protocol it did not write; a corrupt shard must end in one line (or load), no more.
+    f = meta_dir / "consolidated.00.pth"
+    data = f.read_bytes()
+    at = data.index(b"\x80\x02", data.index(b"data.pkl"))  # the pickle's PROTO opcode
+    f.write_bytes(data[:at] + b"\x80\x07" + data[at + 2 :])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_checkpoint(meta_dir).args == ARGS  # only the PROTO byte changed: it still loads
 
 
 def test_truncated_safetensors_names_the_file(tmp_path) -> None:
