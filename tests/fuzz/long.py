@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/fuzz/long.py --minutes 30            # about 11 hours: 22 seed files
     .venv/bin/python tests/fuzz/long.py --minutes 1 --cases shard,gguf
+    .venv/bin/python tests/fuzz/long.py --cases meta --files params.json   # one seed file of a case
 
 Each case runs in its own process, with an address-space limit (--max-gb), so an allocation sized from a corrupt
 header fails as MemoryError in that process (a failure, with the run that caused it) instead of taking the machine.
@@ -30,7 +31,7 @@ from cases import CASES  # noqa: E402
 from fuzzing import fuzz  # noqa: E402
 
 
-def run_case(name: str, seconds: float, seed: int, max_gb: float) -> dict:
+def run_case(name: str, seconds: float, seed: int, max_gb: float, only: tuple[str, ...] = ()) -> dict:
     limit = int(max_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     with tempfile.TemporaryDirectory() as d:
@@ -38,6 +39,8 @@ def run_case(name: str, seconds: float, seed: int, max_gb: float) -> dict:
         case.read()
         files = {}
         for i, target in enumerate(case.targets):
+            if only and target.name not in only:
+                continue
             start, cpu = time.monotonic(), time.process_time()
             out = fuzz(case.read, target, count=10**9, seconds=seconds, seed=seed + i, names=case.names)
             files[target.name] = {
@@ -54,6 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0, help="per seed file")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    p.add_argument("--files", default="", help="comma-separated seed file names to keep (default: all of each case)")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--max-gb", type=float, default=4.0, help="address-space limit of each case's process")
     p.add_argument("--out", default=str(HERE / "results.json"))
@@ -66,7 +70,10 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     for name in names:
         with ctx.Pool(1) as pool:
-            results[name] = pool.apply(run_case, (name, a.minutes * 60, a.seed, a.max_gb))
+            only = tuple(f for f in a.files.split(",") if f)
+            results[name] = pool.apply(run_case, (name, a.minutes * 60, a.seed, a.max_gb, only))
+        if not results[name]:
+            sys.exit(f"--files {a.files}: case {name} has no seed file of that name")
         summary = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "herd_commit": commit,
