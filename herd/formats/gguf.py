@@ -251,6 +251,8 @@ def _fit_rope_band(divisors: np.ndarray, base: np.ndarray, factor: float, origin
     # s = (original * x - low) / (high - low): slope = original / (high - low), intercept = -low / (high - low).
     low = -intercept * original / slope
     high = low + original / slope
+    if not 0 < low < high:  # no Llama 3.1 band: not a candidate (ModelArgs refuses non-positive factors)
+        return None
     return RopeScaling(
         factor=factor,
         low_freq_factor=round(float(low), 6),
