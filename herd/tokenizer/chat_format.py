@@ -59,6 +59,10 @@ class Message:
     """Retrieved text appended to a user turn (Meta's reference encodes it after a blank line)."""
 
     def __post_init__(self) -> None:
+        for name in ("role", "stop_reason", "context"):  # dialogs are files: a list here must not reach a dict lookup
+            value = getattr(self, name)
+            if not (isinstance(value, str) or (value is None and name != "role")):
+                raise TokenizerError(f"message {name} must be a string, got {type(value).__name__}")
         self.role = ROLE_ALIASES.get(self.role, self.role)
         if self.role not in ROLES:
             raise TokenizerError(f"role {self.role!r} is not one of {', '.join(ROLES)} (or 'tool')")
@@ -86,6 +90,8 @@ class Message:
                     args = json.loads(args)
                 except json.JSONDecodeError as e:
                     raise TokenizerError(f"{where}tool call {fn['name']!r}: arguments are not JSON ({e})") from None
+            if not isinstance(fn["name"], str) or not isinstance(args, dict):
+                raise TokenizerError(f"{where}tool call {fn!r:.80}: expected a string name and an object of arguments")
             calls.append(ToolCall(name=fn["name"], arguments=args, call_id=call.get("id", call.get("call_id"))))
         try:
             return cls(

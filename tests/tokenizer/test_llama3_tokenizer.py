@@ -167,6 +167,14 @@ def test_chat_rejects_unknown_roles_and_non_text_content(tok: Llama3Tokenizer) -
         tok.encode_chat([{"role": "robot", "content": "beep"}])
     with pytest.raises(TokenizerError, match=r"message 1: .*content must be a string"):
         tok.encode_chat([{"role": "user", "content": "a"}, {"role": "user", "content": ["b"]}])
+    # Found by the 30-minute dialog fuzz: a role that is a list raised TypeError (unhashable) in the alias lookup.
+    with pytest.raises(TokenizerError, match=r"message 0: message role must be a string, got list"):
+        tok.encode_chat([{"role": ["user"], "content": "a"}])
+    with pytest.raises(TokenizerError, match=r"message 0: message context must be a string, got dict"):
+        tok.encode_chat([{"role": "user", "content": "a", "context": {}}])
+    call = {"name": "brave_search", "arguments": "[1, 2]"}  # JSON, but not an object
+    with pytest.raises(TokenizerError, match=r"message 1: tool call .*expected a string name and an object"):
+        tok.encode_chat([{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [call]}])
 
 
 def test_stream_decoder_yields_exactly_the_decoded_text(tok: Llama3Tokenizer) -> None:
