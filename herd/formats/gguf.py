@@ -97,7 +97,9 @@ def read_gguf(
     for name, herd in gguf_to_herd.items():
         t = tensors[name]
         packs = keep_packed and len(t.shape) == 2 and t.tensor_type in _PACKED_KIND
-        state_dict[herd] = _to_packed(t, path) if packs else _to_torch(t, dtype, path)
+        # A corrupt block scale (inf, nan) makes numpy warn on stderr; the values carry it into the tensor.
+        with np.errstate(invalid="ignore", over="ignore"):
+            state_dict[herd] = _to_packed(t, path) if packs else _to_torch(t, dtype, path)
     if args.tie_embeddings:
         state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
     return args, state_dict, metadata

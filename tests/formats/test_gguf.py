@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from pathlib import Path
 
 import gguf
@@ -156,6 +157,22 @@ def test_quantized_types_equal_gguf_dequantize_and_stay_within_one_step(
         assert torch.equal(got[name], expected), name
         blocks, err = t.unflatten(-1, (-1, 32)), (got[name] - t).abs().unflatten(-1, (-1, 32))
         assert (err <= 1.05 * _STEP[qtype](blocks)).all(), name
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
+def test_a_signalling_nan_block_scale_reads_without_numpy_warnings(
+    tmp_path: Path, sd: dict[str, torch.Tensor], qtype: Q
+) -> None:
+    # Found by the 30-minute quantized-GGUF fuzz: numpy printed RuntimeWarnings on stderr for a corrupt scale.
+    path = write_gguf(tmp_path / "m.gguf", ARGS, sd, qtype)
+    tensor = next(t for t in gguf.GGUFReader(path).tensors if t.tensor_type == qtype)
+    data = bytearray(path.read_bytes())
+    data[tensor.data_offset : tensor.data_offset + 2] = b"\x01\x7c"  # block 0's d: a signalling float16 NaN
+    path.write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for keep_packed in (False, True):
+            read_gguf(path, keep_packed=keep_packed)
 
 
 @pytest.mark.parametrize(("qtype", "scale_offsets"), [(Q.Q4_K, (0, 2)), (Q.Q6_K, (208,))], ids=["Q4_K", "Q6_K"])
